@@ -1,0 +1,265 @@
+"""Write and read one Zarr v3 store of the stage contract.
+
+``StoreWriter`` buffers samples and writes each Zarr shard in one call (a partial shard write is a
+read-modify-write of the whole shard file), keeps a running checksum per array, and on ``commit``
+re-reads and verifies everything before renaming the temporary directory to its final name. A
+killed writer leaves only a hidden temporary, which the next run removes.
+
+``StoreReader`` opens a committed store, trusts nothing it cannot check (schema version, identity
+digest, shard files present) and returns samples as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from shared import contract
+from shared.contract import ArraySpec, ContractError, Identity, StoreAttrs
+
+
+class StoreWriter:
+    """Writes one store under a temporary name; ``commit`` verifies and renames it into place."""
+
+    def __init__(
+        self,
+        final_path: str | os.PathLike,
+        identity: Identity,
+        specs: dict[str, ArraySpec],
+        source: str,
+        samples_per_shard: int,
+        written_by: dict[str, Any] | None = None,
+    ) -> None:
+        self.final_path = Path(final_path)
+        self.identity = identity
+        self.specs = specs
+        self.source = source
+        self.samples_per_shard = samples_per_shard
+        token = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.tmp_path = self.final_path.with_name(contract.temporary_name(self.final_path.name, token))
+        self.written_by = {"host": socket.gethostname(), "pid": os.getpid(), **(written_by or {})}
+        self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in specs}
+        self._buffered = 0
+        self._written = 0
+        self._hashers = {name: hashlib.sha256() for name in specs}
+        self._group = zarr.open_group(self.tmp_path, mode="w-")
+        self._arrays = {name: self._create(spec) for name, spec in specs.items()}
+
+    def _create(self, spec: ArraySpec) -> zarr.Array:
+        dtype = str if spec.dtype == "str" else spec.dtype
+        if spec.dtype == "str":
+            # Small per-sample metadata: one chunk per Zarr shard's worth of samples, no sharding.
+            layout = {"chunks": (self.samples_per_shard,)}
+        else:
+            layout = {"chunks": (1, *spec.shape), "shards": (self.samples_per_shard, *spec.shape)}
+        array = self._group.create_array(
+            spec.name,
+            shape=(0, *spec.shape),
+            dtype=dtype,
+            fill_value="" if spec.dtype == "str" else 0,
+            config={"write_empty_chunks": True},
+            attributes={"logical_dtype": spec.logical_dtype, "doc": contract.ARRAY_DOCS.get(spec.name, "")},
+            **layout,
+            **contract.chunk_codecs(spec),
+        )
+        return array
+
+    @property
+    def num_samples(self) -> int:
+        return self._written + self._buffered
+
+    def append(self, batch: dict[str, np.ndarray]) -> None:
+        """Add a batch of samples (every array, same leading length)."""
+        lengths = {name: len(batch[name]) for name in self.specs}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays of one batch differ in length: {lengths}")
+        n = next(iter(lengths.values()))
+        for name, spec in self.specs.items():
+            values = np.asarray(batch[name])
+            if values.shape[1:] != spec.shape:
+                raise ContractError(f"{name}: sample shape {values.shape[1:]} != contract {spec.shape}")
+            self._buffer[name].append(values)
+        self._buffered += n
+        while self._buffered >= self.samples_per_shard:
+            self._flush(self.samples_per_shard)
+
+    def _flush(self, count: int) -> None:
+        """Write the first ``count`` buffered samples as whole Zarr shards, in one call per array."""
+        start, stop = self._written, self._written + count
+        for name, array in self._arrays.items():
+            merged = np.concatenate(self._buffer[name]) if len(self._buffer[name]) > 1 else self._buffer[name][0]
+            block, rest = merged[:count], merged[count:]
+            self._buffer[name] = [rest] if len(rest) else []
+            array.resize((stop, *array.shape[1:]))
+            array[start:stop] = block
+            contract.checksum_update(self._hashers[name], block)
+        self._written = stop
+        self._buffered -= count
+
+    def commit(self, skipped: dict[str, int]) -> StoreAttrs:
+        """Flush, verify by re-reading, fsync and rename into place.
+
+        Returns the committed attributes. If another writer committed the same store first, this
+        one's temporary is removed and the winner's attributes are returned.
+        """
+        if self._buffered:
+            self._flush(self._buffered)
+        checksums = {name: "sha256:" + h.hexdigest() for name, h in self._hashers.items()}
+        attrs = StoreAttrs(
+            source=self.source,
+            identity_digest=self.identity.digest(),
+            num_samples=self._written,
+            samples_per_shard=self.samples_per_shard,
+            skipped=dict(sorted(skipped.items())),
+            checksums=checksums,
+            stored_bytes=_tree_bytes(self.tmp_path),
+            raw_bytes=sum(_raw_bytes(spec, self._written) for spec in self.specs.values()),
+            written_by={**self.written_by, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        )
+        self._group.attrs.put(attrs.to_dict())
+        problems = verify_store(self.tmp_path, self.identity, self.specs, attrs)
+        if problems:
+            raise ContractError(f"verification of {self.tmp_path} failed: {problems}")
+        _fsync_tree(self.tmp_path)
+        try:
+            os.rename(self.tmp_path, self.final_path)
+        except OSError:
+            if not self.final_path.exists():
+                raise
+            # Another writer won the race with the same input; its store is complete by definition.
+            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            return contract.read_store_attrs(self.final_path)
+        _fsync_dir(self.final_path.parent)
+        return attrs
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+
+def verify_store(
+    path: str | os.PathLike,
+    identity: Identity,
+    specs: dict[str, ArraySpec],
+    attrs: StoreAttrs | None = None,
+) -> list[str]:
+    """Re-read every array of a store and compare with its recorded count and checksums.
+
+    Returns a list of problems (empty when the store is whole). Reads each array shard by shard,
+    so memory stays bounded by one shard.
+    """
+    problems: list[str] = []
+    try:
+        attrs = attrs or contract.read_store_attrs(path)
+        group = zarr.open_group(path, mode="r")
+    except Exception as exc:  # unreadable metadata is a finding, not a crash
+        return [f"unreadable store metadata: {exc}"]
+    if attrs.identity_digest != identity.digest():
+        problems.append(f"identity digest {attrs.identity_digest} != dataset's {identity.digest()}")
+    for name, spec in specs.items():
+        try:
+            array = group[name]
+        except KeyError:
+            problems.append(f"{name}: array missing")
+            continue
+        if array.shape != (attrs.num_samples, *spec.shape):
+            problems.append(f"{name}: shape {array.shape} != {(attrs.num_samples, *spec.shape)}")
+            continue
+        missing = _missing_shard_files(Path(path), name, spec, attrs)
+        if missing:
+            problems.append(f"{name}: shard files missing: {missing}")
+            continue
+        hasher = hashlib.sha256()
+        try:
+            for start in range(0, attrs.num_samples, attrs.samples_per_shard):
+                block = array[start : start + attrs.samples_per_shard]
+                if block.dtype.kind == "f" and not np.isfinite(block).all():
+                    problems.append(f"{name}: non-finite values in samples {start}..")
+                contract.checksum_update(hasher, block)
+        except Exception as exc:
+            problems.append(f"{name}: unreadable ({type(exc).__name__}: {exc})")
+            continue
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != attrs.checksums.get(name):
+            problems.append(f"{name}: checksum {actual[:20]}… != recorded {str(attrs.checksums.get(name))[:20]}…")
+    return problems
+
+
+class StoreReader:
+    """Random access to the samples of one committed store."""
+
+    def __init__(self, path: str | os.PathLike, identity: Identity, specs: dict[str, ArraySpec]) -> None:
+        self.path = Path(path)
+        self.attrs = contract.read_store_attrs(path)
+        if self.attrs.identity_digest != identity.digest():
+            raise ContractError(f"{path}: identity {self.attrs.identity_digest} != dataset's {identity.digest()}")
+        self.specs = specs
+        self.storage_dtype = identity.storage_dtype
+        self._group = zarr.open_group(path, mode="r")
+        self._arrays = {name: self._group[name] for name in specs}
+        for name, spec in specs.items():
+            if self._arrays[name].shape != (self.attrs.num_samples, *spec.shape):
+                raise ContractError(f"{path}: {name} has shape {self._arrays[name].shape}")
+
+    def __len__(self) -> int:
+        return self.attrs.num_samples
+
+    def read(self, index: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """One sample's arrays. A missing shard file or a failed chunk CRC raises ``ContractError``."""
+        out = {}
+        for name in names or tuple(self.specs):
+            spec = self.specs[name]
+            if spec.dtype != "str":
+                shard = _shard_file(self.path, name, index // self.attrs.samples_per_shard, len(spec.shape))
+                if not shard.is_file():
+                    raise ContractError(f"{self.path}: shard file {shard.relative_to(self.path)} is missing")
+            try:
+                out[name] = self._arrays[name][index]
+            except Exception as exc:
+                raise ContractError(f"{self.path}: cannot read {name}[{index}]: {exc}") from exc
+        return out
+
+
+def _shard_file(store: Path, name: str, shard_index: int, sample_ndim: int) -> Path:
+    """Path of Zarr shard ``shard_index`` of array ``name`` (default chunk-key encoding: c/i/0/0…)."""
+    return store.joinpath(name, "c", str(shard_index), *(["0"] * sample_ndim))
+
+
+def _missing_shard_files(store: Path, name: str, spec: ArraySpec, attrs: StoreAttrs) -> list[str]:
+    if spec.dtype == "str":
+        return []
+    count = contract.shard_count(attrs.num_samples, attrs.samples_per_shard)
+    return [str(i) for i in range(count) if not _shard_file(store, name, i, len(spec.shape)).is_file()]
+
+
+def _raw_bytes(spec: ArraySpec, n: int) -> int:
+    if spec.dtype == "str":
+        return 0
+    return n * int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
