@@ -63,10 +63,8 @@ class Identity:
     t5_dim: int
     clip_dim: int
     image_size: int
-    latent_channels: int
-    latent_downsample: int
-    ae_scale_factor: float
-    ae_shift_factor: float
+    ae_params: dict[str, Any]
+    """TorchTitan ``AutoEncoderParams`` as a dict (architecture, scale and shift factors)."""
     storage_dtype: str
     encoders: dict[str, dict[str, str]]
     """Per encoder (``t5``, ``clip``, ``ae``, ``t5_tokenizer``, ``clip_tokenizer``): file name -> SHA-256."""
@@ -76,14 +74,32 @@ class Identity:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        # JSON has no tuples: normalise so an identity equals itself after a round trip.
+        object.__setattr__(self, "ae_params", json.loads(json.dumps(self.ae_params)))
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ContractError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
         if self.image_size % self.latent_downsample:
             raise ContractError("image_size must be a multiple of the AE's downsampling factor")
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.ae_params["z_channels"])
+
+    @property
+    def latent_downsample(self) -> int:
+        return 2 ** (len(self.ae_params["ch_mult"]) - 1)
+
+    @property
     def latent_size(self) -> int:
         return self.image_size // self.latent_downsample
+
+    @property
+    def ae_scale_factor(self) -> float:
+        return float(self.ae_params["scale_factor"])
+
+    @property
+    def ae_shift_factor(self) -> float:
+        return float(self.ae_params["shift_factor"])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
