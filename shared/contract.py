@@ -10,6 +10,7 @@ A *dataset* is a directory::
       empty_prompt.zarr/           T5 and CLIP encodings of the empty caption (one sample)
       shards/<input-tar-stem>.zarr one Zarr v3 store per input tar, complete by definition
       shards/.<stem>.zarr.tmp-*    a store being written (or left by a killed task)
+      progress/task-<i>.json       heartbeat of Stage 1 array task i (see ``TaskProgress``)
 
 Each store holds arrays whose first axis is the sample (``ARRAYS``). Tensors are stored as
 ``uint16`` views of bfloat16 (zarr has no bfloat16) or as float32 (exact tests), chunk = 1 sample,
@@ -38,6 +39,7 @@ SCHEMA_VERSION = 1
 DATASET_FILE = "dataset.json"
 EMPTY_PROMPT_STORE = "empty_prompt.zarr"
 SHARDS_DIR = "shards"
+PROGRESS_DIR = "progress"
 STORE_SUFFIX = ".zarr"
 TMP_INFIX = ".tmp-"
 
@@ -203,6 +205,59 @@ class StoreAttrs:
             raise ContractError(f"store schema version {data.get('schema_version')} != {SCHEMA_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class TaskProgress:
+    """Heartbeat of one Stage 1 task, rewritten atomically every few seconds and at the end.
+
+    The union of every task's ``sources`` is the set of stores a finished dataset must hold; a
+    ``running`` task whose ``updated_at`` is old is stale (killed, or its node died).
+    """
+
+    task_index: int
+    num_tasks: int
+    sources: list[str]
+    """Store names this task is responsible for."""
+    state: str
+    """``running``, ``done`` or ``failed``."""
+    started_at: float
+    updated_at: float
+    stores_done: int = 0
+    samples_done: int = 0
+    samples_per_second: float = 0.0
+    current_source: str | None = None
+    host: str = ""
+    slurm_job: str | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskProgress":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def progress_path(dataset: str | os.PathLike, task_index: int) -> Path:
+    return Path(dataset) / PROGRESS_DIR / f"task-{task_index:05d}.json"
+
+
+def write_progress(dataset: str | os.PathLike, progress: TaskProgress) -> None:
+    """Atomically replace a task's heartbeat file."""
+    path = progress_path(dataset, progress.task_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_INFIX}{os.getpid()}")
+    tmp.write_text(json.dumps(progress.to_dict(), sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_progress(dataset: str | os.PathLike) -> list[TaskProgress]:
+    root = Path(dataset) / PROGRESS_DIR
+    if not root.is_dir():
+        return []
+    return [TaskProgress.from_dict(json.loads(p.read_text())) for p in sorted(root.glob("task-*.json"))]
 
 
 # --------------------------------------------------------------------------- paths
