@@ -42,6 +42,9 @@ SHARDS_DIR = "shards"
 PROGRESS_DIR = "progress"
 STORE_SUFFIX = ".zarr"
 TMP_INFIX = ".tmp-"
+ASSETS_DIR_KEY = "assets_dir"
+"""``dataset.json`` key, beside the identity: the assets directory Stage 1 encoded with (where
+``inspect_shards --grid`` finds the AE weights named in ``Identity.encoders["ae"]``)."""
 
 CLIP_TOKENS = 77
 """CLIP's context length; TorchTitan pads and truncates CLIP captions to it."""

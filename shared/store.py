@@ -17,7 +17,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
@@ -149,11 +149,13 @@ def verify_store(
     identity: Identity,
     specs: dict[str, ArraySpec],
     attrs: StoreAttrs | None = None,
+    on_block: Callable[[str, np.ndarray], None] | None = None,
 ) -> list[str]:
-    """Re-read every array of a store and compare with its recorded count and checksums.
+    """Re-read every array of a store and compare with its recorded count, dtypes and checksums.
 
     Returns a list of problems (empty when the store is whole). Reads each array shard by shard,
-    so memory stays bounded by one shard.
+    so memory stays bounded by one shard. ``on_block(name, block)`` sees every block read, so a
+    caller (``inspect_shards --verify``) can gather statistics without reading the store twice.
     """
     problems: list[str] = []
     try:
@@ -172,19 +174,25 @@ def verify_store(
         if array.shape != (attrs.num_samples, *spec.shape):
             problems.append(f"{name}: shape {array.shape} != {(attrs.num_samples, *spec.shape)}")
             continue
+        if not _dtype_matches(array.dtype, spec):
+            problems.append(f"{name}: dtype {array.dtype} != contract {spec.dtype}")
+            continue
         missing = _missing_shard_files(Path(path), name, spec, attrs)
         if missing:
             problems.append(f"{name}: shard files missing: {missing}")
             continue
         hasher = hashlib.sha256()
+        start = 0
         try:
             for start in range(0, attrs.num_samples, attrs.samples_per_shard):
                 block = array[start : start + attrs.samples_per_shard]
-                if block.dtype.kind == "f" and not np.isfinite(block).all():
+                if spec.is_tensor and not bool(contract.from_storage(block, identity.storage_dtype).isfinite().all()):
                     problems.append(f"{name}: non-finite values in samples {start}..")
                 contract.checksum_update(hasher, block)
+                if on_block is not None:
+                    on_block(name, block)
         except Exception as exc:
-            problems.append(f"{name}: unreadable ({type(exc).__name__}: {exc})")
+            problems.append(f"{name}: unreadable in samples {start}.. ({type(exc).__name__}: {exc})")
             continue
         actual = "sha256:" + hasher.hexdigest()
         if actual != attrs.checksums.get(name):
@@ -230,6 +238,12 @@ class StoreReader:
 def _shard_file(store: Path, name: str, shard_index: int, sample_ndim: int) -> Path:
     """Path of Zarr shard ``shard_index`` of array ``name`` (default chunk-key encoding: c/i/0/0…)."""
     return store.joinpath(name, "c", str(shard_index), *(["0"] * sample_ndim))
+
+
+def _dtype_matches(dtype: np.dtype, spec: ArraySpec) -> bool:
+    if spec.dtype == "str":
+        return dtype.kind in "OUT"
+    return dtype == np.dtype(spec.dtype)
 
 
 def _missing_shard_files(store: Path, name: str, spec: ArraySpec, attrs: StoreAttrs) -> list[str]:

@@ -1,0 +1,51 @@
+"""What every benchmark figure records: one JSON line with the device, software, commit and date.
+
+A figure without its context cannot be compared with the next one; this keeps the context in the
+same line as the number so ``bench/results/*.jsonl`` files stand on their own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """The commit measured: ``BENCH_COMMIT`` when the tree travelled without ``.git``, else git's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def context() -> dict[str, Any]:
+    return {
+        "device": device_name(),
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def emit(benchmark: str, figure: str, value: float | int | str | None, unit: str, out: TextIO = sys.stdout, **extra: Any) -> dict[str, Any]:
+    """Print one figure as one JSON line (flushed, so a killed run keeps what it measured)."""
+    record = {"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, **extra, **context()}
+    out.write(json.dumps(record) + "\n")
+    out.flush()
+    return record
