@@ -1,0 +1,309 @@
+"""Human-readable text for a summary, a verification, samples and a grid: verdict first, then aligned
+sections, numbers with units. Pure functions of the results; the JSON output needs none of this."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Iterable
+
+from shared.contract import Identity
+from shared.inspect.summary import Finding, Summary, TaskStatus
+
+if TYPE_CHECKING:  # importing these would load torch and zarr, which a summary never needs
+    from shared.inspect.grid import GridResult
+    from shared.inspect.samples import Sample
+    from shared.inspect.verify import VerifyResult
+
+LABEL = 16
+"""Width of the section labels on the left."""
+MAX_LISTED = 12
+"""Rows listed per section (tasks, temporaries, names) before '… N more'."""
+MAX_MESSAGE = 200
+"""Characters of one finding's text (a codec's exception can quote whole byte strings)."""
+TASK_ORDER = {"failed": 0, "stale": 1, "running": 2, "done": 3}
+"""Most urgent first in the task table."""
+
+
+# --------------------------------------------------------------------------- units
+
+
+def count(n: float) -> str:
+    """10,400,000 -> '10.4 M'; small counts stay exact."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:,.0f}"
+
+
+def size(n: float) -> str:
+    """Bytes with binary units: 1536 -> '1.50 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1000 or unit == "TiB":
+            return f"{n:.0f} B" if unit == "B" else f"{_digits3(n)} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def rate(per_second: float) -> str:
+    return _digits3(per_second) if per_second < 1000 else f"{per_second:,.0f}"
+
+
+def _digits3(x: float) -> str:
+    """Three significant digits without switching to exponent notation (999.0, 12.3, 1.23, 0.012)."""
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = max(seconds, 0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
+    return f"{seconds // 86400:.0f} d {seconds % 86400 / 3600:.0f} h"
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def headline(s: Summary) -> str:
+    """The one-line verdict, e.g. 'COMPLETE: 2,176/2,176 stores, 10.4 M samples'."""
+    stores = f"{s.stores_committed:,}/{s.stores_expected:,}" if s.stores_expected is not None else f"{s.stores_committed:,}"
+    parts = [f"{s.verdict}: {stores} stores, {count(s.samples)} samples"]
+    if s.problems:
+        parts.append(f"{_plural(len({f.where for f in s.problems}), 'store')} must not be used")
+    if s.live_tasks:
+        parts.append(f"{_plural(len(s.live_tasks), 'task')} running, ETA {duration(s.eta_s)}")
+    if s.missing and not s.live_tasks:
+        parts.append(f"{len(s.missing):,} missing")
+    states = Counter(t.state for t in s.tasks)
+    parts += [f"{_plural(states[state], 'task')} {state}" for state in ("stale", "failed") if states[state]]
+    if s.tasks_unreported:
+        parts.append(f"{_plural(s.tasks_unreported, 'task')} not started")
+    if s.stores_expected is None:
+        parts.append("expected stores unknown (no Stage 1 heartbeats)")
+    return ", ".join(parts)
+
+
+def render_summary(s: Summary) -> str:
+    sections = [
+        _overview(s),
+        _tasks(s),
+        _temporaries(s),
+        _problems(s.problems),
+        _identity(s),
+        _arrays(s),
+    ]
+    return "\n\n".join(x for x in sections if x)
+
+
+def _overview(s: Summary) -> str:
+    lines = [_row("Dataset", s.dataset), _row("Stores", _stores_line(s))]
+    lines += [_row("", line) for line in _store_lists(s)]
+    per_store = f" (per store min {s.samples_per_store[0]:,} · median {s.samples_per_store[1]:,} · max {s.samples_per_store[2]:,})"
+    lines.append(_row("Samples", f"{s.samples:,}" + (per_store if s.samples_per_store else "")))
+    skipped = sum(s.skipped.values())
+    reasons = " · ".join(f"{reason} {n:,}" for reason, n in s.skipped.items())
+    share = f" ({100 * skipped / (skipped + s.samples):.1f} % of inputs)" if skipped else ""
+    lines.append(_row("Skipped", f"{skipped:,}{share}" + (f": {reasons}" if reasons else "")))
+    lines.append(_row("Storage", _storage_line(s)))
+    return "\n".join(lines)
+
+
+def _stores_line(s: Summary) -> str:
+    if s.stores_expected is None:
+        return f"{s.stores_committed:,} committed · expected unknown: no Stage 1 heartbeats in progress/"
+    reported = f"{len(s.tasks)}/{s.tasks_expected}"
+    return f"{s.stores_committed:,} committed / {s.stores_expected:,} expected (sources of {reported} task heartbeats)"
+
+
+def _store_lists(s: Summary) -> list[str]:
+    lines = []
+    if s.missing:
+        lines.append(f"{len(s.missing):,} missing: {_names(s.missing)}")
+    if s.unexpected:
+        lines.append(f"{len(s.unexpected):,} not named by any heartbeat: {_names(s.unexpected)}")
+    return lines
+
+
+def _storage_line(s: Summary) -> str:
+    if not s.samples or not s.stored_bytes:
+        return size(s.stored_bytes)
+    return (
+        f"{size(s.stored_bytes)} · {size(s.stored_bytes / s.samples)}/sample · "
+        f"compression {s.raw_bytes / s.stored_bytes:.2f}× (tensors raw {size(s.raw_bytes)})"
+    )
+
+
+def _tasks(s: Summary) -> str:
+    if not s.tasks:
+        return ""
+    states = Counter(t.state for t in s.tasks)
+    counts = " · ".join(f"{state} {states[state]}" for state in reversed(TASK_ORDER) if states[state])
+    header = f"{len(s.tasks)}/{s.tasks_expected} reported: {counts}"
+    if s.live_tasks:
+        header += f" · {rate(s.rate_samples_per_s)} samples/s · ETA {duration(s.eta_s)}"
+    shown = sorted((t for t in s.tasks if t.state != "done"), key=lambda t: (TASK_ORDER[t.state], t.index))
+    rows = [_row("Stage 1 tasks", header)]
+    if shown:
+        rows.append(_row("", f"{'task':>5}  {'state':<8}{'heartbeat':>10}{'left':>7}{'samples/s':>11}{'ETA':>12}  where"))
+        rows += [_row("", _task_row(t)) for t in shown[:MAX_LISTED]]
+        rows += _more(len(shown))
+    return "\n".join(rows)
+
+
+def _task_row(t: TaskStatus) -> str:
+    where = " ".join(x for x in (t.host, t.slurm_job, f"at {t.current_source}" if t.current_source else "") if x)
+    message = f" — {t.message}" if t.message else ""
+    left = f"{t.remaining}/{t.sources}"
+    return (
+        f"{t.index:>5}  {t.state:<8}{duration(t.heartbeat_age_s) + ' ago':>10}{left:>7}"
+        f"{rate(t.samples_per_second):>11}{duration(t.eta_s) if t.state == 'running' else '-':>12}  {where}{message}"
+    )
+
+
+def _temporaries(s: Summary) -> str:
+    if not s.temporaries:
+        return ""
+    width = max(len(t.name) for t in s.temporaries[:MAX_LISTED])
+    rows = [_row("Temporaries", f"{len(s.temporaries)} (stores not committed: never read by Stage 2)")]
+    rows += [_row("", f"{t.name:<{width}}  {duration(t.age_s)} old  {t.status}") for t in s.temporaries[:MAX_LISTED]]
+    return "\n".join(rows + _more(len(s.temporaries)))
+
+
+def _identity(s: Summary) -> str:
+    i = Identity.from_dict(s.identity)
+    ae = i.ae_params
+    latent = f"{i.latent_channels}×{i.latent_size}×{i.latent_size}"
+    rows = [
+        _row("Identity", f"{s.identity_digest} · schema {i.schema_version} · code {i.code_version}"),
+        _row("  shapes", f"T5 {i.t5_max_length}×{i.t5_dim} · CLIP {i.clip_dim} · image {i.image_size} px"
+             f" → latent {latent} · stored as {i.storage_dtype}"),
+        _row("  AE", f"ch {ae['ch']} · ch_mult {ae['ch_mult']} · res blocks {ae['num_res_blocks']} · "
+             f"z {i.latent_channels} · scale {i.ae_scale_factor} · shift {i.ae_shift_factor}"),
+    ]
+    rows += _block("  encoders", _encoder_lines(i.encoders) or ["none recorded (synthetic data?)"])
+    width = max(map(len, i.preprocessing), default=0) + 2
+    settings = [f"{key:<{width}}{value}" for key, value in sorted(i.preprocessing.items())]
+    rows += _block("  preprocessing", settings or ["none recorded"])
+    if s.assets_dir:
+        rows.append(_row("  assets", s.assets_dir))
+    return "\n".join(rows)
+
+
+def _encoder_lines(encoders: dict[str, dict[str, str]]) -> list[str]:
+    """One aligned line per file: encoder, file, first 12 hex digits of its SHA-256."""
+    files = [(name, path, digest) for name, group in sorted(encoders.items()) for path, digest in sorted(group.items())]
+    name_w = max((len(n) for n, _, _ in files), default=0) + 2
+    path_w = max((len(p) for _, p, _ in files), default=0) + 2
+    return [
+        f"{name if k == 0 or files[k - 1][0] != name else '':<{name_w}}{path:<{path_w}}{digest.removeprefix('sha256:')[:12]}"
+        for k, (name, path, digest) in enumerate(files)
+    ]
+
+
+def _arrays(s: Summary) -> str:
+    rows = [_row("Arrays", "per sample (first axis of every array = sample)")]
+    for a in s.arrays:
+        shape = "×".join(map(str, a["shape"])) or "scalar"
+        stored = f" (as {a['dtype']})" if a["dtype"] != a["logical_dtype"] else ""
+        rows.append(_row("", f"{a['name']:<14}{shape:<12}{a['logical_dtype'] + stored:<22}{a['doc']}"))
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify_headline(v: VerifyResult) -> str:
+    read = f"{v.stores:,} stores, {v.samples:,} samples re-read in {duration(v.seconds)}"
+    if v.ok:
+        return f"VERIFIED: {read}; checksums, schema, finite values and statistics all consistent"
+    places = _names(dict.fromkeys(f.where for f in v.findings), limit=3)
+    return f"VERIFY FAILED: {_plural(len(v.findings), 'problem')} in {places} ({read})"
+
+
+def render_findings(findings: list[Finding]) -> str:
+    """Findings grouped under the store (or ``dataset``) they concern."""
+    by_place: dict[str, list[str]] = {}
+    for f in findings:
+        by_place.setdefault(f.where, []).append(f.what)
+    lines = [_row("What is wrong", f"{_plural(len(findings), 'finding')} in {_plural(len(by_place), 'place')}")]
+    for where, whats in by_place.items():
+        lines.append(f"  {where}")
+        lines += [f"      {_clip(what)}" for what in whats]
+    return "\n".join(lines)
+
+
+def _problems(findings: list[Finding]) -> str:
+    if not findings:
+        return ""
+    rows = [_row("Problems", f"{_plural(len({f.where for f in findings}), 'store')} must not be used")]
+    rows += [_row("", f"{f.where}: {_clip(f.what)}") for f in findings[:MAX_LISTED]]
+    return "\n".join(rows + _more(len(findings)))
+
+
+# --------------------------------------------------------------------------- samples and grid
+
+
+def render_samples(samples: list[Sample]) -> str:
+    blocks = [_sample(s) for s in samples]
+    return "\n\n".join([_row("Samples", f"{len(samples)}")] + blocks) if samples else _row("Samples", "none found")
+
+
+def _sample(s: Sample) -> str:
+    w, h = s.original_size
+    rows = [
+        f"  {s.store}[{s.index}]  key {s.key}",
+        f"      caption        {s.caption!r}",
+        f"      original size  {w} × {h} px · crop box (left, top, right, bottom) {tuple(s.crop_box)}",
+    ]
+    for name, t in s.tensors.items():
+        shape = "×".join(map(str, t.shape))
+        rows.append(
+            f"      {name:<14}{shape:<12}{t.dtype:<10}mean {t.mean:+.4f}  std {t.std:.4f}  "
+            f"min {t.min:+.4g}  max {t.max:+.4g}"
+        )
+    return "\n".join(rows)
+
+
+def render_grid(g: GridResult, samples: int) -> str:
+    check = "SHA-256 matches the identity" if g.ae_checked else "identity records no AE hash: weights unchecked"
+    return "\n".join([
+        _row("Grid", f"{g.path} · {g.size[0]}×{g.size[1]} px · {_plural(samples, 'sample')} decoded on {g.device}"),
+        _row("", f"AE {g.ae_weights} ({check})"),
+    ])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _row(label: str, text: str) -> str:
+    return f"{label:<{LABEL}}{text}".rstrip()
+
+
+def _block(label: str, lines: list[str]) -> list[str]:
+    """Lines under one label, the first beside it."""
+    return [_row(label if k == 0 else "", line) for k, line in enumerate(lines)]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+def _names(names: Iterable[str], limit: int = 4) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", … (+{len(names) - limit:,} more)" if len(names) > limit else "")
+
+
+def _more(total: int) -> list[str]:
+    return [_row("", f"… {total - MAX_LISTED:,} more (--json lists all)")] if total > MAX_LISTED else []
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"

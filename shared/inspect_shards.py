@@ -1,0 +1,138 @@
+"""A person's window into a dataset: what is there, is it whole, what does it look like.
+
+    python -m shared.inspect_shards DATASET [--verify] [--show N | --key K] [--grid OUT.png] [--json]
+
+The summary reads only per-store attributes and Stage 1's heartbeats (seconds for thousands of
+stores) and never vouches for the bytes: ``--verify`` re-reads every array. Exit status: 0 fine,
+1 ``--verify`` found problems or a ``--key`` matched nothing, 2 not a readable dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from shared.contract import ContractError
+from shared.inspect import report
+from shared.inspect.summary import STALE_AFTER_S, Summary, summarise
+
+if TYPE_CHECKING:  # imported lazily below: they load torch and zarr, which the summary never needs
+    from shared.inspect.grid import GridResult
+    from shared.inspect.samples import Sample
+    from shared.inspect.verify import VerifyResult
+
+GRID_SAMPLES = 8
+"""Samples in a ``--grid`` when neither ``--show`` nor ``--key`` chooses them."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.inspect_shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("dataset", help="dataset directory (holds dataset.json)")
+    parser.add_argument("--verify", action="store_true", help="re-read every store: checksums, schema, NaN/Inf, statistics")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for --verify (default: all cores)")
+    pick = parser.add_mutually_exclusive_group()
+    pick.add_argument("--show", type=int, metavar="N", help="describe N samples spread evenly over the dataset")
+    pick.add_argument("--key", action="append", metavar="K", help="describe the sample(s) with key K (repeatable)")
+    parser.add_argument("--grid", metavar="OUT.png", help=f"decode the shown samples (default {GRID_SAMPLES}) into a PNG")
+    parser.add_argument("--ae", metavar="PATH", help="assets dir (or its ae.safetensors) for --grid; default: the dataset's")
+    parser.add_argument("--device", help="device for --grid (default: cuda when present, else cpu)")
+    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="S",
+                        help=f"a running task silent this many seconds is stale (default {STALE_AFTER_S:.0f})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = summarise(args.dataset, stale_after_s=args.stale_after)
+        verification = _verify(args, summary) if args.verify else None
+        samples = _samples(args)
+        grid = _grid(args, samples) if args.grid else None
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(_as_json(summary, verification, samples, grid), indent=2, default=str))
+    else:
+        print(_as_text(summary, verification, samples, grid))
+    failed = (verification is not None and not verification.ok) or (args.key is not None and not samples)
+    return 1 if failed else 0
+
+
+def _verify(args: argparse.Namespace, summary: Summary) -> VerifyResult:
+    from shared.inspect.verify import verify
+
+    show_progress = sys.stderr.isatty() and not args.json
+    return verify(args.dataset, args.workers, summary, _print_progress if show_progress else None)
+
+
+def _samples(args: argparse.Namespace) -> list[Sample]:
+    if not (args.show or args.key or args.grid):
+        return []
+    from shared.inspect import samples
+
+    if args.key:
+        locations = [hit for key in args.key for hit in samples.find_key(args.dataset, key)]
+    else:
+        locations = samples.spread(args.dataset, args.show or GRID_SAMPLES)
+    return samples.read_samples(args.dataset, locations)
+
+
+def _grid(args: argparse.Namespace, samples: list[Sample]) -> GridResult:
+    from shared.inspect.grid import write_grid
+
+    if not samples:
+        raise ContractError("no samples to decode for --grid")
+    return write_grid(args.dataset, samples, args.grid, args.ae, args.device)
+
+
+def _as_text(
+    summary: Summary, verification: VerifyResult | None, samples: list[Sample], grid: GridResult | None
+) -> str:
+    top = [report.headline(summary)]
+    if verification is not None:
+        top.append(report.verify_headline(verification))
+    parts = ["\n".join(top), report.render_summary(summary)]
+    if samples:
+        parts.append(report.render_samples(samples))
+    if grid is not None:
+        parts.append(report.render_grid(grid, len(samples)))
+    if verification is None:
+        parts.append("(store contents were not re-read: --verify recomputes every checksum)")
+    elif not verification.ok:
+        parts.append(report.render_findings(verification.findings))
+    return "\n\n".join(parts)
+
+
+def _as_json(
+    summary: Summary, verification: VerifyResult | None, samples: list[Sample], grid: GridResult | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"headline": report.headline(summary), "summary": summary.to_dict()}
+    if verification is not None:
+        out["verify"] = {
+            "headline": report.verify_headline(verification),
+            "ok": verification.ok,
+            **dataclasses.asdict(verification),
+        }
+    if samples:
+        out["samples"] = [s.to_dict() for s in samples]
+    if grid is not None:
+        out["grid"] = dataclasses.asdict(grid)
+    return out
+
+
+def _print_progress(done: int, total: int) -> None:
+    print(f"\rverifying: {done}/{total} stores", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly, as git's does
+    sys.exit(main())
