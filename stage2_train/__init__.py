@@ -1,0 +1,13 @@
+"""Stage 2: train Flux with TorchTitan on a dataset Stage 1 encoded once (no T5, CLIP or AE weights loaded).
+
+Reads as TorchTitan does, one module per job:
+
+    flavors / flops      the model shapes (TorchTitan's FluxModel) and their training FLOPs per sample
+    parallelize          AC, per-block compile, FSDP2/HSDP (replicas synchronised at shard degree 1)
+    identity             refuse a dataset made for another model or setting
+    sampler / data       disjoint, shuffled, resumable sample order per rank; Zarr reads; batches
+    step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
+    trainer              FluxTrainer minus its encoders
+    metrics / ledger     samples/s, MFU, data wait; per-step record of samples and loss
+    train_spec / launch  registration and the ``python -m stage2_train`` entry (CPU/gloo without CUDA)
+"""

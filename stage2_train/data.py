@@ -1,0 +1,142 @@
+"""Read a Stage 1 dataset for training: random access over every committed store, checkpointable order.
+
+One sample goes: ``EpochBatchSampler`` picks its global index → ``PrecomputedDataset`` finds its store
+and reads it through ``StoreReader`` (which checks each chunk's CRC) in a DataLoader worker →
+``collate`` stacks a batch as ``({"t5", "clip", "ae_mean", "ae_logvar"}, sample indices)`` →
+TorchTitan's ``ParallelAwareDataloader`` prefetches it (pinned on GPU) and checkpoints the sampler's
+position under ``"dataloader"``. The indices travel as TorchTitan's "labels", so its token counters
+count samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchtitan.components.dataloader import ParallelAwareDataloader
+from torchtitan.config import JobConfig
+from torchtitan.tools.logging import logger
+
+from shared import contract
+from shared.contract import ContractError, Identity
+from shared.store import StoreReader
+from stage2_train.flavors import FLAVORS
+from stage2_train.identity import check_identity
+from stage2_train.sampler import EpochBatchSampler
+
+TENSORS = ("t5", "clip", "ae_mean", "ae_logvar")
+"""What a training step needs of a sample; keys, captions and crop boxes stay on disk."""
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+class PrecomputedDataset(Dataset):
+    """Map-style view of all committed stores: global index -> that sample's tensors (or ``None`` when
+    it is unreadable and ``on_corrupt`` is "skip"). Stores are opened lazily, once per process."""
+
+    def __init__(self, root: str | Path, identity: Identity, on_corrupt: str) -> None:
+        self.root = Path(root)
+        self.identity = identity
+        self.on_corrupt = on_corrupt
+        self.specs = {name: contract.array_specs(identity)[name] for name in TENSORS}
+        self.stores: list[Path] = []
+        counts: list[int] = []
+        for path in contract.committed_store_paths(root):
+            try:
+                counts.append(contract.read_store_attrs(path).num_samples)
+            except (OSError, ValueError, ContractError) as exc:
+                self._corrupt(ContractError(f"{path}: unreadable store metadata: {exc}"))
+                continue
+            self.stores.append(path)
+        if not self.stores:
+            raise ContractError(f"{root}: no readable committed stores under {contract.SHARDS_DIR}/")
+        self.offsets = np.cumsum([0, *counts])
+        self._readers: dict[int, StoreReader] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global sample index -> (store number, index within that store)."""
+        store = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return store, index - int(self.offsets[store])
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        store, local = self.locate(index)
+        try:
+            arrays = self._reader(store).read(local, TENSORS)
+        except ContractError as exc:
+            self._corrupt(exc)
+            return None
+        except OSError as exc:  # the store vanished or its metadata broke after start-up
+            self._corrupt(ContractError(f"{self.stores[store]}: {exc}"))
+            return None
+        sample: dict[str, Any] = {n: contract.from_storage(a, self.identity.storage_dtype) for n, a in arrays.items()}
+        sample["index"] = index
+        return sample
+
+    def _reader(self, store: int) -> StoreReader:
+        if store not in self._readers:
+            self._readers[store] = StoreReader(self.stores[store], self.identity, self.specs)
+        return self._readers[store]
+
+    def _corrupt(self, exc: ContractError) -> None:
+        if self.on_corrupt == "fail":
+            raise exc
+        logger.warning(f"skipping unreadable data (stage2.on_corrupt = skip): {exc}")
+
+
+def collate(samples: list[dict[str, Any] | None]) -> Batch:
+    """Stack the readable samples of a batch; labels are their global indices."""
+    readable = [s for s in samples if s is not None]
+    if not readable:
+        raise ContractError(f"all {len(samples)} samples of a batch were unreadable; the dataset is badly damaged")
+    inputs = {name: torch.stack([s[name] for s in readable]) for name in TENSORS}
+    return inputs, torch.tensor([s["index"] for s in readable], dtype=torch.int64)
+
+
+def load_empty_prompt(root: str | Path, identity: Identity) -> dict[str, torch.Tensor]:
+    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders."""
+    specs = contract.empty_prompt_specs(identity)
+    arrays = StoreReader(Path(root) / contract.EMPTY_PROMPT_STORE, identity, specs).read(0)
+    return {name: contract.from_storage(a, identity.storage_dtype) for name, a in arrays.items()}
+
+
+def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:
+    """The dataset this job trains on, after checking that it fits the flavor and config."""
+    if not job_config.training.dataset_path:
+        raise ValueError("set --training.dataset_path to a Stage 1 dataset directory")
+    root = Path(job_config.training.dataset_path)
+    identity = contract.read_identity(root)
+    check_identity(identity, FLAVORS[job_config.model.flavor], job_config, str(root))
+    return root, identity
+
+
+def build_precomputed_dataloader(
+    dp_world_size: int, dp_rank: int, job_config: JobConfig, tokenizer: object = None
+) -> ParallelAwareDataloader:
+    """TorchTitan's ``build_dataloader_fn``: this rank's infinite, shuffled, resumable batches."""
+    del tokenizer  # prompts are already encoded
+    root, identity = open_dataset(job_config)
+    dataset = PrecomputedDataset(root, identity, job_config.stage2.on_corrupt)
+    sampler = EpochBatchSampler(
+        len(dataset), job_config.training.local_batch_size, dp_rank, dp_world_size, job_config.stage2.seed
+    )
+    logger.info(
+        f"dataset {root}: {len(dataset):,} samples in {len(dataset.stores)} stores, "
+        f"{sampler.batches_per_epoch:,} steps per epoch"
+    )
+    loader_config = asdict(job_config.training.dataloader)
+    loader_config["pin_memory"] = loader_config["pin_memory"] and torch.cuda.is_available()
+    return ParallelAwareDataloader(
+        dataset,
+        dp_rank=dp_rank,
+        dp_world_size=dp_world_size,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        **loader_config,
+    )

@@ -1,0 +1,112 @@
+"""A training step's model inputs from stored encodings — the math of TorchTitan's online Flux step.
+
+Online (``FluxTrainer.forward_backward_step``): ``AutoEncoder.encode`` samples its diagonal Gaussian
+(``randn_like(mean)``) and applies ``scale·(z − shift)``; then ``noise = randn_like(latents)``,
+``t = rand(bsz)``, ``x_t = (1−t)·x0 + t·noise``, target ``noise − x0``, 2 x 2 packing, image position
+ids, zero text position ids. Here the same, drawn in the same order (ε, noise, t) from a generator
+seeded by (seed, step, data-parallel rank) — so a resumed step draws what the uninterrupted one drew,
+and the online step run after ``torch.manual_seed(step_seed(...))`` sees the same numbers. Prompt
+dropout (stored empty-prompt encodings, T5 and CLIP independently) is drawn last, after t.
+
+All of it runs in float32 on the training device; the model casts to its own compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
+from torchtitan.models.flux.utils import create_position_encoding_for_latents, pack_latents
+
+POSITION_DIM = 3
+"""Flux's position ids are (0, row, column)."""
+
+
+def step_seed(seed: int, step: int, dp_rank: int) -> int:
+    """A 63-bit seed, well mixed from (seed, step, dp_rank) so neighbouring steps and ranks are unrelated."""
+    return int(np.random.SeedSequence([seed, step, dp_rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def step_generator(seed: int, step: int, dp_rank: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(step_seed(seed, step, dp_rank))
+
+
+def sample_latents(
+    mean: torch.Tensor, logvar: torch.Tensor, ae: AutoEncoderParams, generator: torch.Generator
+) -> torch.Tensor:
+    """``AutoEncoder.encode`` from its moments: z = scale·(mean + exp(½·logvar)·ε − shift), same op order."""
+    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    return ae.scale_factor * (mean + torch.exp(0.5 * logvar) * eps - ae.shift_factor)
+
+
+def drop_prompts(
+    t5: torch.Tensor,
+    clip: torch.Tensor,
+    empty_prompt: dict[str, torch.Tensor],
+    prob: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each sample's T5 and (independently) CLIP encoding by the empty prompt's with probability
+    ``prob``. Always draws, so the generator's stream does not depend on ``prob``."""
+    drop = torch.rand((t5.shape[0], 2), generator=generator, device=t5.device) < prob
+    t5 = torch.where(drop[:, 0, None, None], empty_prompt["t5"], t5)
+    clip = torch.where(drop[:, 1, None], empty_prompt["clip"], clip)
+    return t5, clip
+
+
+@dataclass
+class FlowMatchingBatch:
+    """``FluxModel.forward``'s arguments and the loss target, as the online step builds them."""
+
+    img: torch.Tensor
+    img_ids: torch.Tensor
+    txt: torch.Tensor
+    txt_ids: torch.Tensor
+    y: torch.Tensor
+    timesteps: torch.Tensor
+    target: torch.Tensor
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "img": self.img,
+            "img_ids": self.img_ids,
+            "txt": self.txt,
+            "txt_ids": self.txt_ids,
+            "y": self.y,
+            "timesteps": self.timesteps,
+        }
+
+
+@torch.no_grad()
+def flow_matching_batch(
+    inputs: dict[str, torch.Tensor],
+    empty_prompt: dict[str, torch.Tensor],
+    ae: AutoEncoderParams,
+    dropout_prob: float,
+    generator: torch.Generator,
+) -> FlowMatchingBatch:
+    """Stored encodings of a batch (``t5``, ``clip``, ``ae_mean``, ``ae_logvar``, on the device) -> model inputs."""
+    x = {name: tensor.float() for name, tensor in inputs.items()}
+    empty = {name: tensor.float() for name, tensor in empty_prompt.items()}
+    x0 = sample_latents(x["ae_mean"], x["ae_logvar"], ae, generator)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    bsz, _, height, width = x0.shape
+    timesteps = torch.rand((bsz,), generator=generator, device=x0.device)
+    t5, clip = drop_prompts(x["t5"], x["clip"], empty, dropout_prob, generator)
+
+    sigmas = timesteps.view(-1, 1, 1, 1)
+    latents = (1 - sigmas) * x0 + sigmas * noise
+    with torch.device(x0.device):
+        img_ids = create_position_encoding_for_latents(bsz, height, width, POSITION_DIM)
+        txt_ids = torch.zeros(bsz, t5.shape[1], POSITION_DIM)
+    return FlowMatchingBatch(
+        img=pack_latents(latents),
+        img_ids=img_ids,
+        txt=t5,
+        txt_ids=txt_ids,
+        y=clip,
+        timesteps=timesteps,
+        target=pack_latents(noise - x0),
+    )

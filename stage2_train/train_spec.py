@@ -1,0 +1,36 @@
+"""The TrainSpec ``--model.name flux_precomputed`` selects: TorchTitan's Flux model, optimizer, LR
+schedule and MSE loss; our flavors, parallelisation, data loader and sample-based metrics; no
+tokenizer, no encoders, no validator (it needs the encoders)."""
+
+from __future__ import annotations
+
+from torchtitan.components.loss import build_mse_loss
+from torchtitan.components.lr_scheduler import build_lr_schedulers
+from torchtitan.components.optimizer import build_optimizers
+from torchtitan.models.flux import FluxModel
+from torchtitan.models.flux.model.state_dict_adapter import FluxStateDictAdapter
+from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
+
+from stage2_train.data import build_precomputed_dataloader
+from stage2_train.flavors import FLAVORS
+from stage2_train.metrics import build_sample_metrics_processor
+from stage2_train.parallelize import parallelize_precomputed_flux
+
+MODEL_NAME = "flux_precomputed"
+
+register_train_spec(
+    MODEL_NAME,
+    TrainSpec(
+        model_cls=FluxModel,
+        model_args=FLAVORS,
+        parallelize_fn=parallelize_precomputed_flux,
+        pipelining_fn=None,
+        build_optimizers_fn=build_optimizers,
+        build_lr_schedulers_fn=build_lr_schedulers,
+        build_dataloader_fn=build_precomputed_dataloader,
+        build_tokenizer_fn=None,
+        build_loss_fn=build_mse_loss,
+        build_metrics_processor_fn=build_sample_metrics_processor,
+        state_dict_adapter=FluxStateDictAdapter,
+    ),
+)

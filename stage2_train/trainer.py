@@ -1,0 +1,84 @@
+"""TorchTitan's Flux trainer without encoders: every input comes from a Stage 1 dataset.
+
+``FluxTrainer.__init__`` always loads T5, CLIP and the AE, so ``PrecomputedFluxTrainer`` runs
+``Trainer.__init__`` and then does what ``FluxTrainer.__init__`` does minus the encoders. Its
+``train_step`` (no gradient accumulation, clipping, loss logging) is ``FluxTrainer``'s; only the
+forward/backward differs: inputs are built from stored moments and encodings (``step.py``) instead
+of running the encoders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torchtitan.config import JobConfig
+from torchtitan.distributed import utils as dist_utils
+from torchtitan.models.flux.train import FluxTrainer
+from torchtitan.train import Trainer
+
+from stage2_train.data import load_empty_prompt
+from stage2_train.ledger import SampleLedger
+from stage2_train.step import flow_matching_batch, step_generator
+
+
+class PrecomputedFluxTrainer(FluxTrainer):
+    def __init__(self, job_config: JobConfig) -> None:
+        if job_config.validation.enable:
+            raise ValueError("validation needs the T5/CLIP/AE encoders, which Stage 2 does not load")
+        Trainer.__init__(self, job_config)  # not FluxTrainer.__init__: it would load the encoders
+        # As FluxTrainer: distinct seeds across data-parallel ranks.
+        dist_utils.set_determinism(
+            self.parallel_dims, self.device, job_config.debug, distinct_seed_mesh_dims=["fsdp", "dp_replicate"]
+        )
+        if self.parallel_dims.dp_enabled:
+            # Our parallelize_fn wraps replicas in FSDP2 too, which then does the mixed precision;
+            # TorchTitan would add autocast on top when the shard degree is 1.
+            self.maybe_enable_amp = contextlib.nullcontext()
+        dataset = self.dataloader.dataset
+        self.empty_prompt = {
+            name: tensor.to(self.device) for name, tensor in load_empty_prompt(dataset.root, dataset.identity).items()
+        }
+        self.ledger = (
+            SampleLedger(os.path.join(job_config.job.dump_folder, "ledger"), torch.distributed.get_rank())
+            if job_config.stage2.sample_ledger
+            else None
+        )
+
+    def forward_backward_step(
+        self,
+        *,
+        input_dict: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        global_valid_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """FluxTrainer's step from stored encodings; ``labels`` are the batch's sample indices."""
+        config = self.job_config
+        inputs = {name: tensor.to(self.device, non_blocking=True) for name, tensor in input_dict.items()}
+        generator = step_generator(config.stage2.seed, self.step, self.dataloader.dp_rank, self.device)
+        batch = flow_matching_batch(
+            inputs,
+            self.empty_prompt,
+            self.model_args.autoencoder_params,
+            config.training.classifier_free_guidance_prob,
+            generator,
+        )
+
+        # Loss = squared error summed over this rank's latents / latents of the whole global batch.
+        local_latents = torch.tensor(batch.target.numel(), dtype=torch.float32, device=self.device)
+        if self.parallel_dims.dp_enabled:
+            global_latents = dist_utils.dist_sum(local_latents, self.parallel_dims.get_mesh("batch"))
+        else:
+            global_latents = local_latents
+
+        with self.train_context():
+            with self.maybe_enable_amp:
+                prediction = self.model_parts[0](**batch.model_inputs())
+                loss = self.loss_fn(prediction, batch.target) / global_latents
+            del prediction, batch
+            loss.backward()
+
+        if self.ledger is not None:
+            self.ledger.record(self.step, labels, loss)
+        return loss
