@@ -84,18 +84,30 @@ def asset_hashes(assets_dir: str | os.PathLike) -> dict[str, dict[str, str]]:
     """
     root = Path(assets_dir)
     check_assets(root)
-    groups = {"ae": [AE_FILE]} | {name: _files_in(root, folder) for name, folder in ENCODER_DIRS.items()}
+    groups = _asset_groups(root)
     cache = _read_cache(root)
     fresh = {}
     for rel in (rel for files in groups.values() for rel in files):
-        stat = (root / rel).stat()
         entry = cache.get(rel)
-        if not entry or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+        if not _cache_entry_current(root / rel, entry):
+            stat = (root / rel).stat()
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(root / rel)}
         fresh[rel] = entry
     if fresh != cache:
         _write_cache(root, fresh)
     return {name: {rel: fresh[rel]["sha256"] for rel in files} for name, files in groups.items()}
+
+
+def cached_asset_hashes(assets_dir: str | os.PathLike) -> dict[str, dict[str, str]] | None:
+    """What ``asset_hashes`` returns, read from its cache alone (a preflight must not hash 10 GB);
+    ``None`` when any file is new or changed since it was last hashed."""
+    root = Path(assets_dir)
+    check_assets(root)
+    groups = _asset_groups(root)
+    cache = _read_cache(root)
+    if not all(_cache_entry_current(root / rel, cache.get(rel)) for files in groups.values() for rel in files):
+        return None
+    return {name: {rel: cache[rel]["sha256"] for rel in files} for name, files in groups.items()}
 
 
 # --------------------------------------------------------------------------- autoencoder
@@ -258,6 +270,15 @@ def load_tokenizers(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _asset_groups(root: Path) -> dict[str, list[str]]:
+    return {"ae": [AE_FILE]} | {name: _files_in(root, folder) for name, folder in ENCODER_DIRS.items()}
+
+
+def _cache_entry_current(path: Path, entry: dict | None) -> bool:
+    stat = path.stat()
+    return bool(entry) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
 
 
 def _files_in(root: Path, folder: str) -> list[str]:

@@ -27,13 +27,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from shared.assets import corpus
+from shared.assets.cc12m import shard_name
 
 _ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3 / 4, 2 / 3, 9 / 16, 1 / 2)
 _EXIF_ORIENTATION = 0x0112
-
-
-def shard_name(index: int) -> str:
-    return f"cc12m-train-{index:04d}.tar"
 
 
 def write_sample_tars(out: str | Path, shards: int, per_shard: int, seed: int = 0) -> list[Path]:

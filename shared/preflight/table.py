@@ -1,0 +1,29 @@
+"""One row per check, and the aligned table they print as."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    status: str
+    """``OK``, ``WARN`` (works, but likely not as meant) or ``FAIL`` (the job would fail or be wrong)."""
+    detail: str
+
+
+def render(rows: list[Row]) -> str:
+    header = Row("check", "status", "detail")
+    width = max(len(r.check) for r in [header, *rows])
+    lines = [f"{r.check:<{width}}  {r.status:<6}  {r.detail}" for r in [header, *rows]]
+    lines.insert(1, f"{'-' * width}  {'-' * 6}  {'-' * 6}")
+    counts = {s: sum(r.status == s for r in rows) for s in (OK, WARN, FAIL)}
+    verdict = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return "\n".join([*lines, f"preflight: {verdict}"])
+
+
+def failed(rows: list[Row]) -> bool:
+    return any(r.status == FAIL for r in rows)
