@@ -12,6 +12,16 @@ A *dataset* is a directory::
       shards/.<stem>.zarr.tmp-*    a store being written (or left by a killed task)
       progress/task-<i>.json       heartbeat of Stage 1 array task i (see ``TaskProgress``)
 
+A *prompt set* (``python -m stage1_encode.prompts``) holds text encodings only, for Stage 2 to sample
+images from while it trains without the text encoders::
+
+    <prompt-set>/
+      dataset.json                 identity and assets directory, as a dataset's (image fields unused)
+      empty_prompt.zarr/           the empty caption's encodings (the unconditional half of CFG)
+      prompts.zarr/                ``t5``, ``clip`` and ``prompt`` of each prompt, in file order
+
+It fits a dataset whose text encoders, tokenizers and T5 length are its own (``text_encoder_differences``).
+
 Each store holds arrays whose first axis is the sample (``ARRAYS``). Tensors are stored as
 ``uint16`` views of bfloat16 (zarr has no bfloat16) or as float32 (exact tests), chunk = 1 sample,
 grouped into Zarr shards of ``samples_per_shard`` samples so a parallel filesystem sees few large
@@ -38,6 +48,7 @@ SCHEMA_VERSION = 1
 
 DATASET_FILE = "dataset.json"
 EMPTY_PROMPT_STORE = "empty_prompt.zarr"
+PROMPTS_STORE = "prompts.zarr"
 SHARDS_DIR = "shards"
 PROGRESS_DIR = "progress"
 STORE_SUFFIX = ".zarr"
@@ -169,6 +180,37 @@ def empty_prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
     return {name: specs[name] for name in ("t5", "clip")}
 
 
+def prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
+    """A prompt set's ``prompts.zarr``: a store's ``t5``/``clip`` plus the prompt's text."""
+    return {**empty_prompt_specs(identity), "prompt": ArraySpec("prompt", (), "str", "str")}
+
+
+TEXT_ENCODERS = ("t5", "clip", "t5_tokenizer", "clip_tokenizer")
+TEXT_FIELDS = ("t5_max_length", "t5_dim", "clip_dim")
+
+
+def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
+    """Why text encodings made under ``identity`` do not belong with ``other``'s (empty: they do).
+
+    Compared: encoder and tokenizer files, T5 length, widths and the tokenizer policy. Not compared:
+    image fields, storage dtype and the encoders' compute dtype, which a prompt set (conditioning
+    for sample images, never trained on) may be made with on another kind of node.
+    """
+    mine, theirs = identity.to_dict(), other.to_dict()
+    differences = [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in TEXT_FIELDS if mine[k] != theirs[k]]
+    differences += [
+        f"encoders.{k}: {identity.encoders.get(k)!r} != {other.encoders.get(k)!r}"
+        for k in TEXT_ENCODERS
+        if identity.encoders.get(k) != other.encoders.get(k)
+    ]
+    if identity.preprocessing.get("tokenizers") != other.preprocessing.get("tokenizers"):
+        differences.append(
+            f"preprocessing.tokenizers: {identity.preprocessing.get('tokenizers')!r} "
+            f"!= {other.preprocessing.get('tokenizers')!r}"
+        )
+    return differences
+
+
 ARRAY_DOCS = {
     "t5": "T5 last_hidden_state over all max_length positions (no attention mask, as TorchTitan)",
     "clip": "CLIP-L pooler_output over 77 tokens",
@@ -178,6 +220,7 @@ ARRAY_DOCS = {
     "caption": "caption text as tokenized",
     "original_size": "decoded image (width, height) before resizing",
     "crop_box": "(left, top, right, bottom) of the square crop in the resized image",
+    "prompt": "prompt text, one line of the prompts file",
 }
 
 

@@ -8,6 +8,9 @@ Reads as TorchTitan does, one module per job:
     sampler / data       disjoint, shuffled, resumable sample order per rank; Zarr reads; batches
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
     trainer              FluxTrainer minus its encoders
+    validator            validation loss and sample images on TorchTitan's validation schedule:
+      validation           loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
+      prompt_set / sampling / images   stored prompt encodings -> denoise -> AE decoder -> PNG grid
     metrics / ledger     samples/s, MFU, data wait; per-step record of samples and loss
     train_spec / launch  registration and the ``python -m stage2_train`` entry (CPU/gloo without CUDA)
 """

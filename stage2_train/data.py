@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchtitan.components.dataloader import ParallelAwareDataloader
 from torchtitan.config import JobConfig
+from torchtitan.config.job_config import DataLoader as DataLoaderConfig
 from torchtitan.tools.logging import logger
 
 from shared import contract
@@ -130,13 +131,18 @@ def build_precomputed_dataloader(
         f"dataset {root}: {len(dataset):,} samples in {len(dataset.stores)} stores, "
         f"{sampler.batches_per_epoch:,} steps per epoch"
     )
-    loader_config = asdict(job_config.training.dataloader)
-    loader_config["pin_memory"] = loader_config["pin_memory"] and torch.cuda.is_available()
     return ParallelAwareDataloader(
         dataset,
         dp_rank=dp_rank,
         dp_world_size=dp_world_size,
         batch_sampler=sampler,
         collate_fn=collate,
-        **loader_config,
+        **loader_options(job_config.training.dataloader),
     )
+
+
+def loader_options(config: DataLoaderConfig) -> dict[str, Any]:
+    """TorchTitan's ``[….dataloader]`` settings as DataLoader arguments (pinning only with CUDA)."""
+    options = asdict(config)
+    options["pin_memory"] = options["pin_memory"] and torch.cuda.is_available()
+    return options

@@ -1,10 +1,11 @@
 """Config sections Stage 2 adds to TorchTitan's (``[job] custom_config_module = "stage2_train.job_config"``).
 
-``[training]`` and ``[encoder]`` keep the names of TorchTitan's Flux config, so a seed user's TOML
-keys mean the same here; ``[stage2]`` holds what only a precomputed dataset has. Everything else
-(``[training] dataset_path, local_batch_size, steps``, ``[training.dataloader]``,
-``[parallelism]``, ``[activation_checkpoint]``, ``[compile]``, ``[checkpoint]``, ``[metrics]``) is
-TorchTitan's own.
+``[training]``, ``[encoder]`` and ``[validation]`` keep the names of TorchTitan's Flux config, so a seed
+user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed dataset has, and
+``[validation] prompts_path, image_freq, seed`` what only stored prompt encodings need. Everything else
+(``[training] dataset_path, local_batch_size, steps``, ``[training.dataloader]``, ``[validation] enable,
+freq, steps, local_batch_size, dataset_path``, ``[validation.dataloader]``, ``[parallelism]``,
+``[activation_checkpoint]``, ``[compile]``, ``[checkpoint]``, ``[metrics]``) is TorchTitan's own.
 """
 
 
@@ -25,6 +26,36 @@ class Training:
 class Encoder:
     max_t5_encoding_len: int = 256
     """T5 positions per caption; must equal the dataset identity's ``t5_max_length``."""
+    autoencoder_path: str = ""
+    """AE for decoding sample images: an assets directory or its ``ae.safetensors``. Empty: the assets
+    directory the training dataset recorded. Either way it must be the AE the dataset was encoded with."""
+
+
+@dataclass
+class Validation:
+    """Added to TorchTitan's ``[validation]``: ``enable`` builds Stage 2's validator, which computes the
+    loss on ``dataset_path`` (a held-out Stage 1 dataset) every ``freq`` steps and draws images for
+    ``prompts_path`` every ``image_freq`` steps; either path may be empty (that part is off)."""
+
+    prompts_path: str = ""
+    """A prompt set (``python -m stage1_encode.prompts``) to draw sample images for."""
+    image_freq: int = 500
+    """Draw sample images every this many steps (and at step 1, as TorchTitan validates)."""
+    save_img_count: int = 8
+    """How many prompts of the prompt set to draw, the first ones (-1: all)."""
+    save_img_folder: str = "samples"
+    """Image grids go to ``<job.dump_folder>/<save_img_folder>/step-NNNNNN.png``."""
+    denoising_steps: int = 4
+    """Euler steps per image (schnell samples in 4)."""
+    enable_classifier_free_guidance: bool = True
+    """Guide with the prompt set's empty-prompt encodings (trained by ``classifier_free_guidance_prob``)."""
+    classifier_free_guidance_scale: float = 5.0
+    all_timesteps: bool = False
+    """Loss of every validation sample at all 8 stratified timesteps (8x the work) instead of one,
+    round robin."""
+    seed: int = 0
+    """Seeds the validation draws (ε, noise) and the images' starting noise; independent of
+    ``stage2.seed``, so runs with other training seeds stay comparable."""
 
 
 @dataclass
@@ -45,4 +76,5 @@ class Stage2:
 class JobConfig:
     training: Training = field(default_factory=Training)
     encoder: Encoder = field(default_factory=Encoder)
+    validation: Validation = field(default_factory=Validation)
     stage2: Stage2 = field(default_factory=Stage2)

@@ -3,8 +3,8 @@
 The data loader's labels are sample indices, so TorchTitan's token counters count samples: its
 ``tps`` is samples/s per GPU, and with the flavors' FLOPs per sample its ``tflops`` and ``mfu`` are
 real. It already records the share of step time spent waiting for data
-(``time_metrics/data_loading(%)``) and peak memory; this adds samples/s under its own name and one
-stdout line with the figures a Stage 2 run is judged by.
+(``time_metrics/data_loading(%)``) and peak memory; this adds samples/s under its own name, one
+stdout line with the figures a Stage 2 run is judged by, and images (sample grids) for TensorBoard and wandb.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from torchtitan.components.metrics import MetricsProcessor
+import numpy as np
+from PIL import Image
+from torchtitan.components.metrics import (
+    BaseLogger,
+    LoggerContainer,
+    MetricsProcessor,
+    TensorBoardLogger,
+    WandBLogger,
+)
 from torchtitan.config import JobConfig
 from torchtitan.distributed import ParallelDims
 from torchtitan.protocols import BaseModelArgs
@@ -38,6 +46,20 @@ class SampleMetricsProcessor(MetricsProcessor):
             f"step: {step:2}  samples/s/GPU: {samples_per_second:.2f}  MFU: {mfu:.2f}%  "
             f"data wait: {100 * data_wait:.1f}% of step time"
         )
+
+    def log_image(self, tag: str, image: Image.Image, step: int, caption: str) -> None:
+        """An image to TensorBoard and wandb, where enabled (on the logging rank), at ``step``."""
+        for backend in _backends(self.logger):
+            if isinstance(backend, TensorBoardLogger):
+                backend.writer.add_image(tag, np.asarray(image), step, dataformats="HWC")
+                backend.writer.flush()
+            elif isinstance(backend, WandBLogger):
+                backend.wandb.log({tag: backend.wandb.Image(image, caption=caption)}, step=step)
+
+
+def _backends(metric_logger: BaseLogger) -> list[BaseLogger]:
+    """TorchTitan's loggers have no image API; its container keeps them in a private list."""
+    return list(metric_logger._loggers) if isinstance(metric_logger, LoggerContainer) else [metric_logger]
 
 
 def build_sample_metrics_processor(

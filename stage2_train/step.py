@@ -24,9 +24,13 @@ POSITION_DIM = 3
 """Flux's position ids are (0, row, column)."""
 
 
+def mixed_seed(*values: int) -> int:
+    """A 63-bit seed, well mixed from ``values`` so neighbouring tuples give unrelated streams."""
+    return int(np.random.SeedSequence(list(values)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def step_seed(seed: int, step: int, dp_rank: int) -> int:
-    """A 63-bit seed, well mixed from (seed, step, dp_rank) so neighbouring steps and ranks are unrelated."""
-    return int(np.random.SeedSequence([seed, step, dp_rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return mixed_seed(seed, step, dp_rank)
 
 
 def step_generator(seed: int, step: int, dp_rank: int, device: torch.device) -> torch.Generator:
@@ -36,8 +40,15 @@ def step_generator(seed: int, step: int, dp_rank: int, device: torch.device) -> 
 def sample_latents(
     mean: torch.Tensor, logvar: torch.Tensor, ae: AutoEncoderParams, generator: torch.Generator
 ) -> torch.Tensor:
-    """``AutoEncoder.encode`` from its moments: z = scale·(mean + exp(½·logvar)·ε − shift), same op order."""
+    """``AutoEncoder.encode`` from its moments, ε drawn from ``generator``."""
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    return latents_from_moments(mean, logvar, ae, eps)
+
+
+def latents_from_moments(
+    mean: torch.Tensor, logvar: torch.Tensor, ae: AutoEncoderParams, eps: torch.Tensor
+) -> torch.Tensor:
+    """z = scale·(mean + exp(½·logvar)·ε − shift), in ``AutoEncoder.encode``'s op order."""
     return ae.scale_factor * (mean + torch.exp(0.5 * logvar) * eps - ae.shift_factor)
 
 
@@ -92,10 +103,17 @@ def flow_matching_batch(
     empty = {name: tensor.float() for name, tensor in empty_prompt.items()}
     x0 = sample_latents(x["ae_mean"], x["ae_logvar"], ae, generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    bsz, _, height, width = x0.shape
-    timesteps = torch.rand((bsz,), generator=generator, device=x0.device)
+    timesteps = torch.rand((x0.shape[0],), generator=generator, device=x0.device)
     t5, clip = drop_prompts(x["t5"], x["clip"], empty, dropout_prob, generator)
+    return flow_matching_inputs(x0, noise, timesteps, t5, clip)
 
+
+def flow_matching_inputs(
+    x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, t5: torch.Tensor, clip: torch.Tensor
+) -> FlowMatchingBatch:
+    """The online step's math once the draws are made: ``x_t = (1−t)·x0 + t·noise``, target ``noise − x0``,
+    packed, with image and text position ids."""
+    bsz, _, height, width = x0.shape
     sigmas = timesteps.view(-1, 1, 1, 1)
     latents = (1 - sigmas) * x0 + sigmas * noise
     with torch.device(x0.device):

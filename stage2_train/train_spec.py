@@ -1,6 +1,6 @@
 """The TrainSpec ``--model.name flux_precomputed`` selects: TorchTitan's Flux model, optimizer, LR
-schedule and MSE loss; our flavors, parallelisation, data loader and sample-based metrics; no
-tokenizer, no encoders, no validator (it needs the encoders)."""
+schedule and MSE loss; our flavors, parallelisation, data loader, sample-based metrics and validator
+(stored encodings instead of TorchTitan's online encoders); no tokenizer, no encoders."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from stage2_train.data import build_precomputed_dataloader
 from stage2_train.flavors import FLAVORS
 from stage2_train.metrics import build_sample_metrics_processor
 from stage2_train.parallelize import parallelize_precomputed_flux
+from stage2_train.validator import build_precomputed_validator
 
 MODEL_NAME = "flux_precomputed"
 
@@ -31,6 +32,7 @@ register_train_spec(
         build_tokenizer_fn=None,
         build_loss_fn=build_mse_loss,
         build_metrics_processor_fn=build_sample_metrics_processor,
+        build_validator_fn=build_precomputed_validator,
         state_dict_adapter=FluxStateDictAdapter,
     ),
 )

@@ -4,7 +4,8 @@
 ``Trainer.__init__`` and then does what ``FluxTrainer.__init__`` does minus the encoders. Its
 ``train_step`` (no gradient accumulation, clipping, loss logging) is ``FluxTrainer``'s; only the
 forward/backward differs: inputs are built from stored moments and encodings (``step.py``) instead
-of running the encoders.
+of running the encoders. Validation is Stage 2's own validator (``validator.py``), which TorchTitan's
+train loop calls.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from stage2_train.step import flow_matching_batch, step_generator
 
 class PrecomputedFluxTrainer(FluxTrainer):
     def __init__(self, job_config: JobConfig) -> None:
-        if job_config.validation.enable:
-            raise ValueError("validation needs the T5/CLIP/AE encoders, which Stage 2 does not load")
         Trainer.__init__(self, job_config)  # not FluxTrainer.__init__: it would load the encoders
         # As FluxTrainer: distinct seeds across data-parallel ranks.
         dist_utils.set_determinism(
@@ -36,6 +35,8 @@ class PrecomputedFluxTrainer(FluxTrainer):
             # Our parallelize_fn wraps replicas in FSDP2 too, which then does the mixed precision;
             # TorchTitan would add autocast on top when the shard degree is 1.
             self.maybe_enable_amp = contextlib.nullcontext()
+        if job_config.validation.enable:
+            self.validator.bind(self.device, self.maybe_enable_amp)
         dataset = self.dataloader.dataset
         self.empty_prompt = {
             name: tensor.to(self.device) for name, tensor in load_empty_prompt(dataset.root, dataset.identity).items()

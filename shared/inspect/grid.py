@@ -15,6 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from PIL import Image, ImageDraw, ImageFont
 from shared import contract
 from shared.contract import ContractError, Identity
 from shared.inspect.samples import Sample
+
+if TYPE_CHECKING:
+    from torchtitan.models.flux.model.autoencoder import AutoEncoder
 
 GRID_COLUMNS = 4
 PAD = 6
@@ -48,19 +52,28 @@ def write_grid(
     device: str | None = None,
 ) -> GridResult:
     """Decode ``samples`` and write them, captioned, as one PNG at ``out``."""
-    from shared.encoders import AE_FILE, load_autoencoder
-
     identity = contract.read_identity(dataset)
-    assets = ae_assets_dir(dataset, ae_dir)
-    checked = check_ae_weights(assets / AE_FILE, identity)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    ae = load_autoencoder(assets, device, dtype)
-    _require_architecture(ae, identity)
+    ae, weights, checked = load_dataset_ae(dataset, identity, ae_dir, device)
     means = np.stack([s.arrays["ae_mean"] for s in samples])
     image = grid_image(decode(ae, means, identity), [s.caption for s in samples])
     image.save(out, format="PNG")
-    return GridResult(str(out), image.size, str(assets / AE_FILE), checked, device)
+    return GridResult(str(out), image.size, str(weights), checked, device)
+
+
+def load_dataset_ae(
+    dataset: str | os.PathLike, identity: Identity, ae_dir: str | os.PathLike | None, device: str | torch.device
+) -> tuple["AutoEncoder", Path, bool]:
+    """The AE ``dataset`` was encoded with, checked (architecture; SHA-256 where the identity records it)
+    and loaded on ``device`` (bf16 on GPU, fp32 on CPU). Returns (AE, weights file, whether hash-checked)."""
+    from shared.encoders import AE_FILE, load_autoencoder
+
+    weights = ae_assets_dir(dataset, ae_dir) / AE_FILE
+    checked = check_ae_weights(weights, identity)
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    ae = load_autoencoder(weights.parent, device, dtype)
+    _require_architecture(ae, identity)
+    return ae, weights, checked
 
 
 def ae_assets_dir(dataset: str | os.PathLike, ae_dir: str | os.PathLike | None) -> Path:
@@ -93,13 +106,18 @@ def check_ae_weights(path: Path, identity: Identity) -> bool:
 
 def decode(ae: torch.nn.Module, means: np.ndarray, identity: Identity) -> np.ndarray:
     """Stored posterior means [n, C, h, w] -> RGB images [n, H, W, 3] uint8."""
+    mean = contract.from_storage(means, identity.storage_dtype).float()
+    return decode_latents(ae, identity.ae_scale_factor * (mean - identity.ae_shift_factor))
+
+
+def decode_latents(ae: torch.nn.Module, z: torch.Tensor) -> np.ndarray:
+    """Scaled latents z [n, C, h, w] (what the encoder's ``scale·(· − shift)`` yields, what Flux denoises)
+    -> RGB images [n, H, W, 3] uint8, via ``AutoEncoder.decode``."""
     device, dtype = next(ae.parameters()).device, next(ae.parameters()).dtype
     images = []
     with torch.no_grad():
-        for start in range(0, len(means), DECODE_BATCH):
-            mean = contract.from_storage(means[start : start + DECODE_BATCH], identity.storage_dtype)
-            z = identity.ae_scale_factor * (mean.to(device, dtype) - identity.ae_shift_factor)
-            x = ae.decode(z).float().clamp(-1, 1)
+        for start in range(0, len(z), DECODE_BATCH):
+            x = ae.decode(z[start : start + DECODE_BATCH].to(device, dtype)).float().clamp(-1, 1)
             images.append(((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(images)
 
