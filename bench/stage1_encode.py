@@ -1,0 +1,218 @@
+"""Stage 1 on one GPU: end-to-end throughput (tars -> committed stores) against the bare encoders' ceiling.
+
+    python bench/stage1_encode.py [--samples 5000] [--no-compile] [--commit SHA] [--keep DIR]
+                                  [--config FILE] [--section.key value …]
+    python bench/stage1_encode.py --device cpu     # smoke: tiny models, a few dozen samples
+
+Builds real-size T5-XXL, CLIP-L text and FLUX.1 AE with random weights in memory (no network, no weight
+files; tokenizers are the tiny test ones, whose ids fit the real vocabularies), generates CC12M-style
+tars with the sample-data generator (real JPEGs, 256–768 px, one in eight too small), warms up (compiles),
+then in one run measures:
+
+  e2e_samples_per_s         Stage 1's own pipeline, decode workers to fsynced stores (steady: first tar
+                            to last commit; the whole task's time is in the line too)
+  encoders_ceiling          the same encoders on the same batch shapes, inputs already on the GPU
+  e2e_over_ceiling          the ratio of the two
+  bytes_per_sample_on_disk  committed stores' bytes per sample
+  cc12m_hours_16_gpus       10,968,539 samples at the end-to-end rate on 16 GPUs
+
+Each figure is one JSON line with device, torch, commit and date (``bench/common.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import io
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import emit  # noqa: E402
+from shared import contract  # noqa: E402
+from shared import encoders as assets_api  # noqa: E402
+from shared.assets import write_sample_tars, write_tiny_assets  # noqa: E402
+from shared.assets.tiny import AE_DIMS, CLIP_DIMS, T5_DIMS  # noqa: E402
+from stage1_encode.config import EncodeConfig, load_config, parse_overrides  # noqa: E402
+from stage1_encode.encode import BatchEncoder, Encoders  # noqa: E402
+from stage1_encode.pipeline import Task, run_task  # noqa: E402
+
+BENCH = "stage1_encode"
+REPO = Path(__file__).resolve().parents[1]
+CC12M_SAMPLES = 10_968_539
+SAMPLES_PER_TAR = 500
+"""Smaller than CC12M's ~5,000 so that, as in production, a task holds several tars per store writer and
+commits overlap the next tars' encoding (the last commit is the only one waited for)."""
+VALID_FRACTION = 7 / 8
+"""The sample-data generator makes one sample in eight too small (skipped, as in production)."""
+
+MODELS = {
+    "real": {
+        "t5": dict(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128),
+        "clip": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                     projection_dim=768, vocab_size=49408),
+        "ae": {},  # TorchTitan's AutoEncoderParams defaults are FLUX.1's
+    },
+    "tiny": {"t5": dict(T5_DIMS, vocab_size=32128), "clip": dict(CLIP_DIMS, vocab_size=49408), "ae": AE_DIMS},
+}
+
+
+def build_encoders(models: str, tokenizer_hashes: dict, device: torch.device, dtype: torch.dtype) -> Encoders:
+    """Random-weight encoders of FLUX.1-schnell's architecture, called exactly as ``shared.encoders`` loads them."""
+    from torchtitan.models.flux.model.autoencoder import AutoEncoder, AutoEncoderParams
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    spec = MODELS[models]
+    torch.manual_seed(0)
+    with torch.device(device):
+        t5 = T5EncoderModel(T5Config(**spec["t5"], feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+        clip = CLIPTextModel(CLIPTextConfig(**spec["clip"], max_position_embeddings=77, hidden_act="quick_gelu"))
+        params = AutoEncoderParams(**spec["ae"])
+        ae_encoder = AutoEncoder(params).encoder
+    return Encoders(
+        t5=assets_api.TextEncoder(t5.eval().requires_grad_(False), "last_hidden_state").to(dtype),
+        clip=assets_api.TextEncoder(clip.eval().requires_grad_(False), "pooler_output").to(dtype),
+        ae_encoder=ae_encoder.eval().requires_grad_(False).to(dtype),
+        ae_params=dataclasses.asdict(params),
+        hashes={"t5": {"random": f"{models} seed 0"}, "clip": {"random": f"{models} seed 0"},
+                "ae": {"random": f"{models} seed 0"}, **tokenizer_hashes},
+        device=device,
+        dtype=dtype,
+    )
+
+
+def write_tars(out: Path, valid_samples: int, seed: int = 0) -> list[Path]:
+    """Enough CC12M-style tars of ``SAMPLES_PER_TAR`` for ``valid_samples`` kept samples, generated in parallel."""
+    total = math.ceil(valid_samples / VALID_FRACTION)
+    sizes = [min(SAMPLES_PER_TAR, total - start) for start in range(0, total, SAMPLES_PER_TAR)]
+    out.mkdir(parents=True)
+    with ProcessPoolExecutor(max(1, min(len(sizes), (os.cpu_count() or 2) - 1))) as pool:
+        parts = list(pool.map(_write_one_tar, [out / f"part-{i}" for i in range(len(sizes))], sizes,
+                              [seed + i for i in range(len(sizes))]))
+    paths = []
+    for i, part in enumerate(parts):  # each part is a one-tar directory named cc12m-train-0000.tar
+        paths.append(part.rename(out / f"cc12m-train-{i:04d}.tar"))
+        part.parent.rmdir()
+    return paths
+
+
+def _write_one_tar(directory: Path, samples: int, seed: int) -> Path:
+    return write_sample_tars(directory, shards=1, per_shard=samples, seed=seed)[0]
+
+
+def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_size: int) -> float:
+    """Samples/s of the bare encoders on full batches already on the device (same shapes as Stage 1's)."""
+    size, device = encoder.batch.size, encoder.encoders.device
+    gen = torch.Generator(device=device).manual_seed(0)
+    inputs = [
+        (torch.randint(0, 800, (size, t5_length), device=device, generator=gen),
+         torch.randint(0, 1000, (size, contract.CLIP_TOKENS), device=device, generator=gen),
+         torch.randint(0, 256, (size, 3, image_size, image_size), device=device, generator=gen, dtype=torch.uint8))
+        for _ in range(batches)
+    ]
+
+    def run(batch) -> None:
+        encoder.encode_text(batch[0], batch[1])
+        encoder.encode_images(batch[2])
+
+    run(inputs[0])  # warm-up (compiled graphs are cached from the end-to-end run)
+    _sync(device)
+    start = time.perf_counter()
+    for batch in inputs:
+        run(batch)
+    _sync(device)
+    return batches * size / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--models", choices=sorted(MODELS), help="default: real on cuda, tiny on cpu")
+    parser.add_argument("--samples", type=int, help="valid samples encoded (default 5000 on cuda, 48 on cpu)")
+    parser.add_argument("--ceiling-batches", type=int, default=8)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--config", type=Path, help="default: production settings on cuda, configs/encode_tiny.toml on cpu")
+    parser.add_argument("--commit", help="commit measured, when the tree has no .git (else git's HEAD)")
+    parser.add_argument("--keep", type=Path, help="keep tars and dataset here instead of a deleted temporary directory")
+    args, rest = parser.parse_known_args(argv)
+    if args.commit:
+        os.environ["BENCH_COMMIT"] = args.commit
+    on_cpu = args.device == "cpu"
+    models = args.models or ("tiny" if on_cpu else "real")
+    samples = args.samples or (48 if on_cpu else 5000)
+    overrides = [("encoders.device", args.device), *(parse_overrides(rest))]
+    if args.no_compile:
+        overrides.append(("encoders.compile", "off"))
+    config = load_config(args.config or (REPO / "configs/encode_tiny.toml" if on_cpu else None), overrides)
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-stage1-"))
+    try:
+        figures = run_benchmark(config, models, samples, args.ceiling_batches, work)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for figure, value, unit in figures["values"]:
+        emit(BENCH, figure, value, unit, **figures["context"])
+    return 0
+
+
+def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batches: int, work: Path) -> dict:
+    assets = write_tiny_assets(work / "assets")  # tokenizers (the models here are built in memory)
+    hashes = assets_api.asset_hashes(assets)
+    tokenizer_hashes = {k: v for k, v in hashes.items() if k.endswith("tokenizer")}
+    encoders_factory = functools.cache(functools.partial(build_encoders, models, tokenizer_hashes))
+
+    warm_tars = work / "warmup-tars"
+    write_sample_tars(warm_tars, shards=1, per_shard=min(2 * config.batch.size, 128), seed=10_000)
+    tars = write_tars(work / "tars", samples)
+    log = io.StringIO()
+    run_task(config, Task(str(warm_tars), work / "warmup", assets), encoders_factory, out=log)  # compiles
+    summary = run_task(config, Task(str(work / "tars"), work / "dataset", assets), encoders_factory, out=log)
+
+    identity = contract.read_identity(work / "dataset")
+    compiled = bool(identity.preprocessing["encoder_compute"]["compile"])
+    device = torch.device(config.encoders.device)
+    dtype = getattr(torch, identity.preprocessing["encoder_compute"]["dtype"])
+    encoder = BatchEncoder(encoders_factory(device, dtype), config.batch, compiled,
+                           config.encoders.ae_channels_last and device.type == "cuda")
+    ceiling = encoders_ceiling(encoder, ceiling_batches, identity.t5_max_length, identity.image_size)
+
+    stores = [contract.read_store_attrs(p) for p in contract.committed_store_paths(work / "dataset")]
+    e2e = summary.samples / summary.encode_seconds
+    context = {
+        "models": models, "dtype": str(dtype).removeprefix("torch."), "compile": compiled,
+        "samples": summary.samples, "tars": len(tars), "skipped": summary.skipped,
+        "batch": dataclasses.asdict(config.batch), "decode_workers": config.workers.resolved_decode(),
+        "storage_dtype": config.storage.dtype, "task_seconds": round(summary.seconds, 1),
+        "encode_seconds": round(summary.encode_seconds, 1),
+    }
+    return {
+        "context": context,
+        "values": [
+            ("e2e_samples_per_s", round(e2e, 2), "samples/s"),
+            ("encoders_ceiling_samples_per_s", round(ceiling, 2), "samples/s"),
+            ("e2e_over_ceiling", round(e2e / ceiling, 3), "ratio"),
+            ("bytes_per_sample_on_disk", round(sum(s.stored_bytes for s in stores) / summary.samples), "bytes"),
+            ("raw_bytes_per_sample", round(sum(s.raw_bytes for s in stores) / summary.samples), "bytes"),
+            ("cc12m_hours_16_gpus", round(CC12M_SAMPLES / (e2e * 16) / 3600, 2), "hours"),
+        ],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Encode CC12M-format WebDataset tars into a Stage 1 dataset (one task of an array job, or all of it).
+
+    python -m stage1_encode --input DIR_OR_GLOB --output DATASET --assets ASSETS \
+        [--config configs/encode_cc12m.toml] [--section.key value …] [--task-index I --num-tasks N]
+
+Task I of N encodes tars I, I+N, I+2N, … of the sorted input; a rerun skips committed stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from shared.encoders import AssetsError
+from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
+from stage1_encode.pipeline import Stage1Error, Task, run_task
+from stage1_encode.sources import SourcesError
+
+
+class Terminated(BaseException):
+    """SIGTERM (scancel, preemption, requeue): unwind so the temporary store is removed."""
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, EncodeConfig]:
+    parser = argparse.ArgumentParser(
+        prog="python -m stage1_encode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any config key can be overridden as --section.key value (e.g. --batch.size 128).",
+    )
+    parser.add_argument("--input", required=True, help="directory of *.tar or a glob")
+    parser.add_argument("--output", required=True, type=Path, help="dataset directory")
+    parser.add_argument("--assets", required=True, type=Path, help="FLUX.1-schnell assets directory")
+    parser.add_argument("--config", type=Path, help="TOML config (default: built-in production settings)")
+    parser.add_argument("--task-index", type=int, default=0)
+    parser.add_argument("--num-tasks", type=int, default=1)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        config = load_config(args.config, parse_overrides(rest))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return args, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    # Past RLIMIT_FSIZE the kernel would kill us with SIGXFSZ; ignored, a write fails with EFBIG instead
+    # and is reported like a full disk.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    task = Task(args.input, args.output, args.assets, args.task_index, args.num_tasks)
+    try:
+        run_task(config, task)
+    except (AssetsError, SourcesError, Stage1Error) as exc:
+        print(f"stage1_encode: error: {exc}", file=sys.stderr)
+        return 1
+    except Terminated as exc:
+        print(f"stage1_encode: {exc}; the store being written was discarded, rerun to resume", file=sys.stderr)
+        return 143
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The GPU half of Stage 1: T5, CLIP and the AE encoder in micro-batches of fixed sizes.
+
+A sample's numbers depend on the micro-batch it shares, and the pipeline makes those from consecutive
+samples of one tar, so a rerun writes the same bytes. When compiled, a tar's last, short micro-batch
+is zero-padded to full size: shapes never change, so there is one graph and no recompilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared import encoders as assets_api
+from stage1_encode.config import BatchConfig
+
+
+@dataclass
+class Encoders:
+    """The frozen encoders on one device: from an assets directory (``load_encoders``) or injected
+    (the benchmark builds real-size random-weight models in memory)."""
+
+    t5: nn.Module
+    """int tokens [B, L] -> ``last_hidden_state`` [B, L, D] (no attention mask, as TorchTitan)."""
+    clip: nn.Module
+    """int tokens [B, 77] -> ``pooler_output`` [B, D]."""
+    ae_encoder: nn.Module
+    """images [B, 3, S, S] in [-1, 1] -> posterior moments [B, 2 z, S/f, S/f]."""
+    ae_params: dict[str, Any]
+    hashes: dict[str, dict[str, str]]
+    """Per encoder and tokenizer: file -> SHA-256 (the dataset identity's ``encoders``)."""
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_encoders(assets: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> Encoders:
+    """The encoders of an assets directory, loaded as TorchTitan loads them (``shared.encoders``)."""
+    ae = assets_api.load_autoencoder(assets, device, dtype)
+    return Encoders(
+        t5=assets_api.load_t5(assets, device, dtype),
+        clip=assets_api.load_clip(assets, device, dtype),
+        ae_encoder=ae.encoder,
+        ae_params=dataclasses.asdict(assets_api.autoencoder_params(assets)),
+        hashes=assets_api.asset_hashes(assets),
+        device=device,
+        dtype=dtype,
+    )
+
+
+class BatchEncoder:
+    """Encodes batches of samples, each encoder in its own micro-batches (``BatchConfig``)."""
+
+    def __init__(self, encoders: Encoders, batch: BatchConfig, compile: bool, channels_last: bool) -> None:
+        self.encoders = encoders
+        self.batch = batch
+        self._pad = compile
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        ae_encoder = encoders.ae_encoder.to(memory_format=self._memory_format)
+        wrap = (lambda m: torch.compile(m, dynamic=False)) if compile else (lambda m: m)
+        self._t5, self._clip, self._ae = wrap(encoders.t5), wrap(encoders.clip), wrap(ae_encoder)
+
+    @torch.inference_mode()
+    def encode_text(self, t5_tokens: np.ndarray | torch.Tensor, clip_tokens: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """``t5`` [n, L, D] and ``clip`` [n, D] for n <= batch.size captions' tokens."""
+        t5 = self._micro(self._t5, self._to_device(t5_tokens), self.batch.t5)
+        clip = self._micro(self._clip, self._to_device(clip_tokens), self.batch.clip)
+        return {"t5": t5, "clip": clip}
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """``ae_mean`` and ``ae_logvar`` for n <= batch.size uint8 images [n, 3, S, S].
+
+        Scaled to [-1, 1] as TorchTitan does (fp32 ``/ 255 * 2 - 1``, then the compute dtype), eagerly so
+        no fused kernel changes the rounding. The moments are TorchTitan's ``DiagonalGaussian`` split of
+        the encoder output, before its sampling and before scale/shift (Stage 2 samples them).
+        """
+        images = self._to_device(pixels).float() / 255.0 * 2.0 - 1.0
+        images = images.to(self.encoders.dtype).contiguous(memory_format=self._memory_format)
+        moments = self._micro(self._ae, images, self.batch.ae)
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        return {"ae_mean": mean, "ae_logvar": logvar}
+
+    def _to_device(self, values: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Host arrays are copied to the device; tensors already there (the benchmark's ceiling) are used as is."""
+        if len(values) > self.batch.size:
+            raise ValueError(f"{len(values)} samples exceed batch.size {self.batch.size}")
+        return torch.as_tensor(values, device=self.encoders.device)
+
+    def _micro(self, module: nn.Module, inputs: torch.Tensor, size: int) -> torch.Tensor:
+        outputs = []
+        for start in range(0, len(inputs), size):
+            part = inputs[start : start + size]
+            n = len(part)
+            if self._pad and n < size:
+                part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
+            outputs.append(module(part)[:n])
+        return torch.cat(outputs)

@@ -1,0 +1,98 @@
+"""The CPU half of Stage 1: decode, crop and tokenize chunks of samples in worker processes.
+
+Results come back as futures in submission order, so the encode order — and with it every batch's
+composition — depends only on the tar's content, never on which worker finished first.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stage1_encode.decode import Cropped, ImagePolicy, decode_image
+from stage1_encode.tars import RawSample, Skip
+from stage1_encode.tokenize import CaptionError, TokenizerFactory, caption_text, tokenize
+
+
+@dataclass
+class Prepared:
+    """A sample ready for the encoders."""
+
+    key: str
+    caption: str
+    image: Cropped
+    t5_tokens: np.ndarray
+    clip_tokens: np.ndarray
+
+
+_tokenizers: tuple[Any, Any] | None = None
+
+
+def init_worker(factory: TokenizerFactory) -> None:
+    """Process initializer: each worker loads its own tokenizers once."""
+    global _tokenizers
+    _tokenizers = factory()
+
+
+def prepare_chunk(samples: list[RawSample], policy: ImagePolicy, t5_max_length: int) -> list[Prepared | Skip]:
+    """Decode and tokenize ``samples``; one result per sample, in order."""
+    assert _tokenizers is not None, "init_worker was not called in this process"
+    decoded = [_decode(raw, policy) for raw in samples]
+    valid = [d for d in decoded if not isinstance(d, Skip)]
+    if not valid:
+        return decoded
+    t5, clip = tokenize(_tokenizers, [caption for _, caption, _ in valid], t5_max_length)
+    tokens = iter(zip(t5, clip))
+    return [d if isinstance(d, Skip) else Prepared(*d, *next(tokens)) for d in decoded]
+
+
+def _decode(raw: RawSample, policy: ImagePolicy) -> tuple[str, str, Cropped] | Skip:
+    try:
+        caption = caption_text(raw.members.get("txt"))
+    except CaptionError as exc:
+        return Skip(raw.key, str(exc))
+    image = raw.image()
+    if image is None:
+        return Skip(raw.key, "missing_image")
+    cropped = decode_image(image[1], raw.key, policy)
+    if isinstance(cropped, str):
+        return Skip(raw.key, cropped)
+    return raw.key, caption, cropped
+
+
+def _started() -> None:
+    """A no-op job: submitting one per worker makes the pool start them all at once."""
+
+
+class Workers:
+    """``prepare_chunk`` on ``count`` spawned processes, or in the calling thread when ``count`` is 0.
+
+    Spawned, not forked: the parent holds CUDA state and threads, which a fork would copy half-made.
+    """
+
+    def __init__(self, count: int, factory: TokenizerFactory, policy: ImagePolicy, t5_max_length: int) -> None:
+        self._args = (policy, t5_max_length)
+        self._pool: ProcessPoolExecutor | None = None
+        if count:
+            self._pool = ProcessPoolExecutor(
+                count, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(factory,)
+            )
+            for _ in range(count):  # start every worker now, while the encoders load, not at the first tar
+                self._pool.submit(_started)
+        else:
+            init_worker(factory)
+
+    def submit(self, chunk: list[RawSample]) -> "Future[list[Prepared | Skip]]":
+        if self._pool is not None:
+            return self._pool.submit(prepare_chunk, chunk, *self._args)
+        future: Future[list[Prepared | Skip]] = Future()
+        future.set_result(prepare_chunk(chunk, *self._args))
+        return future
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

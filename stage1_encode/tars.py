@@ -1,0 +1,96 @@
+"""Read one WebDataset tar into samples, never crashing on bad content and never losing good samples.
+
+Members are grouped by key the way WebDataset does (``dir/key.ext``: key = path up to the first dot of
+the file name, extension lower-cased). Only image and caption members are kept; other members
+(``.json``, …) are ignored. Problems are reported as ``Skip`` items so they are counted, not raised:
+a key seen before in the same tar is a ``duplicate_key``; a tar that breaks or ends before its
+end-of-archive marker yields the samples before the break, then a ``truncated_tar`` skip. Errors of the
+file system itself (EIO, …) are raised: that is the cluster's problem, and a rerun must retry the tar.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+"""Image members, in order of preference when one sample has several."""
+CAPTION_EXTENSION = "txt"
+
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
+_END_MARKER = bytes(1024)
+
+
+@dataclass
+class RawSample:
+    """A sample's undecoded members: extension -> bytes (images and caption only)."""
+
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+
+    def image(self) -> tuple[str, bytes] | None:
+        for ext in IMAGE_EXTENSIONS:
+            if ext in self.members:
+                return ext, self.members[ext]
+        return None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A sample (or, for tar-level problems, the tar) that was not encoded, and why."""
+
+    key: str
+    reason: str
+
+
+def read_tar(path: str | os.PathLike) -> Iterator[RawSample | Skip]:
+    """Samples of ``path`` in tar order, interleaved with ``Skip`` items for problems."""
+    path = Path(path)
+    seen: set[str] = set()
+    current: RawSample | None = None
+
+    def finish(sample: RawSample | None) -> Iterator[RawSample | Skip]:
+        if sample is None:
+            return
+        if sample.key in seen:
+            yield Skip(sample.key, "duplicate_key")
+        else:
+            seen.add(sample.key)
+            yield sample
+
+    with open(path, "rb") as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    match = _KEY_EXT.match(member.name)
+                    if not member.isfile() or match is None:
+                        continue
+                    key, ext = match.group(1), match.group(2).lower()
+                    if ext != CAPTION_EXTENSION and ext not in IMAGE_EXTENSIONS:
+                        continue
+                    data = tar.extractfile(member).read()
+                    if current is None or current.key != key or ext in current.members:
+                        yield from finish(current)
+                        current = RawSample(key)
+                    current.members[ext] = data
+        except (tarfile.TarError, EOFError):
+            yield from finish(current)
+            yield Skip(path.name, "truncated_tar")
+            return
+    yield from finish(current)
+    if not _ends_with_marker(path):
+        yield Skip(path.name, "truncated_tar")
+
+
+def _ends_with_marker(path: Path) -> bool:
+    """A whole tar ends with two zero blocks; a copy cut at a member boundary does not."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < len(_END_MARKER):
+            return False
+        f.seek(-len(_END_MARKER), os.SEEK_END)
+        return f.read() == _END_MARKER

@@ -1,0 +1,278 @@
+"""Writing stores in separate processes, so compression and checksums never hold the GPU back.
+
+Measured on an H100 host: one store's writing (blosc-zstd, SHA-256, CRC, then the commit's full
+re-read and verification) costs ~15–20 ms of CPU per sample, much of it serial — one process writes
+~50–100 samples/s while the encoders make ~170. Threads do not help (the GIL, and zarr runs every call
+on one event-loop thread), so each store writer is a process of its own:
+
+* encoded tensors go from the GPU straight into one of two shared-memory buffers per writer
+  (page-locked when on CUDA, so the copy runs at DMA speed); the writer copies a batch out, frees the
+  buffer and appends it through ``shared.store.StoreWriter`` (buffer -> whole Zarr shards);
+* a store's commit (verify, fsync, atomic rename) runs on a thread of the writer, so the next store's
+  appends start at once;
+* a failure removes the writer's temporary and comes back to the task as an exception (an ``OSError``
+  keeps its errno, so a full disk is reported as such).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import signal
+import threading
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from shared import contract
+from shared.contract import ArraySpec, Identity, StoreAttrs
+from shared.store import StoreWriter
+from stage1_encode.temporaries import pid_alive
+
+BUFFERS_PER_WRITER = 2
+"""One buffer filling from the GPU while the writer copies the other out."""
+SHM_PREFIX = "stage1enc"
+"""Shared-memory names are ``stage1enc_<pid>_<random>``, so a killed task's buffers can be found."""
+SHM_DIR = Path("/dev/shm")
+
+
+class WriterProcess:
+    """One store at a time: ``begin(source)``, ``append(tensors, meta)`` …, ``commit(skipped)``; ``close``
+    waits for every commit. A writer failure is raised by the next call."""
+
+    def __init__(
+        self,
+        dataset: str,
+        identity: Identity,
+        samples_per_shard: int,
+        batch_size: int,
+        written_by: dict[str, Any],
+        on_commit: Callable[[str, StoreAttrs], None],
+    ) -> None:
+        self._storage_dtype = identity.storage_dtype
+        self._on_commit = on_commit
+        self._specs = {n: s for n, s in contract.array_specs(identity).items() if s.is_tensor}
+        self._buffers: list[_SharedBatch] = []
+        self._free = list(range(BUFFERS_PER_WRITER))
+        self._error: BaseException | None = None
+        context = multiprocessing.get_context("spawn")
+        try:
+            for _ in range(BUFFERS_PER_WRITER):
+                self._buffers.append(_SharedBatch.create(self._specs, batch_size))
+            self._conn, child = context.Pipe()
+            self._process = context.Process(
+                target=_serve,
+                args=(child, dataset, identity.to_dict(), samples_per_shard, batch_size, written_by,
+                      [b.name for b in self._buffers]),
+                name="stage1-store-writer",
+                daemon=True,
+            )
+            self._process.start()
+            child.close()
+        except BaseException:
+            for buffer in self._buffers:
+                buffer.release()
+            raise
+
+    def begin(self, source: str) -> None:
+        self._send(("begin", source))
+
+    def append(self, tensors: dict[str, torch.Tensor], meta: dict[str, np.ndarray]) -> None:
+        """Copy a batch's tensors (on any device) into a free buffer and hand it over with its metadata."""
+        while not self._free:
+            self._receive()
+        index = self._free.pop()
+        views = self._buffers[index].views
+        n = len(next(iter(meta.values())))
+        for name, tensor in tensors.items():
+            contract.from_storage(views[name][:n], self._storage_dtype).copy_(tensor)
+        self._send(("append", index, n, meta))
+
+    def commit(self, skipped: dict[str, int]) -> None:
+        self._send(("commit", skipped))
+
+    def close(self) -> None:
+        """Wait until every store handed over is committed; raise the writer's error, if any."""
+        try:
+            self._send(("close",))
+            while self._receive() != "closed":
+                pass
+            self._raise()
+        finally:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Stop the writer at once; its temporary (same host, dead pid) is removed by ``temporaries``."""
+        self._process.terminate()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._conn.close()  # a writer still waiting for commands sees EOF, drops its store and exits
+        self._process.join(timeout=60)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        for buffer in self._buffers:
+            buffer.release()
+        self._buffers = []
+
+    def _send(self, message: tuple) -> None:
+        while self._conn.poll():  # collect what the writer said meanwhile (commits, freed buffers, errors)
+            self._receive()
+        self._raise()
+        self._conn.send(message)
+
+    def _receive(self) -> str:
+        try:
+            kind, *args = self._conn.recv()
+        except EOFError:
+            self._error = self._error or RuntimeError(f"store writer process died (exit code {self._process.exitcode})")
+            self._raise()
+        if kind == "free":
+            self._free.append(args[0])
+        elif kind == "committed":
+            self._on_commit(args[0], contract.StoreAttrs.from_dict(args[1]))
+        elif kind == "error":
+            errno, strerror, text = args
+            self._error = self._error or (OSError(errno, strerror) if errno else RuntimeError(text))
+        return kind
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _SharedBatch:
+    """Shared memory holding one batch of every tensor array, in storage layout (numpy views by name)."""
+
+    def __init__(self, shm: SharedMemory, specs: dict[str, ArraySpec], batch_size: int, pinned: bool) -> None:
+        self.shm, self.name, self._pinned = shm, shm.name, pinned
+        self.views: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, spec in specs.items():
+            shape = (batch_size, *spec.shape)
+            self.views[name] = np.ndarray(shape, dtype=spec.dtype, buffer=shm.buf, offset=offset)
+            offset += self.views[name].nbytes
+
+    @staticmethod
+    def nbytes(specs: dict[str, ArraySpec], batch_size: int) -> int:
+        return sum(batch_size * int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in specs.values())
+
+    @classmethod
+    def create(cls, specs: dict[str, ArraySpec], batch_size: int) -> "_SharedBatch":
+        name = f"{SHM_PREFIX}_{os.getpid()}_{secrets.token_hex(4)}"
+        shm = SharedMemory(name=name, create=True, size=cls.nbytes(specs, batch_size))
+        pinned = torch.cuda.is_available() and _cuda_host_register(shm, True)
+        return cls(shm, specs, batch_size, pinned)
+
+    @classmethod
+    def attach(cls, name: str, specs: dict[str, ArraySpec], batch_size: int) -> "_SharedBatch":
+        # Spawned by multiprocessing, this process shares the creator's resource tracker: the creator
+        # unlinks the memory, and the tracker does if the creator is killed.
+        return cls(SharedMemory(name=name), specs, batch_size, pinned=False)
+
+    def release(self, unlink: bool = True) -> None:
+        self.views = {}
+        if self._pinned:
+            _cuda_host_register(self.shm, False)
+        self.shm.close()
+        if unlink:
+            self.shm.unlink()
+
+
+def remove_orphaned_buffers() -> list[str]:
+    """Unlink shared buffers of this host's killed tasks (SIGKILL takes the resource tracker along)."""
+    removed = []
+    for path in SHM_DIR.glob(f"{SHM_PREFIX}_*_*") if SHM_DIR.is_dir() else []:
+        pid = path.name.split("_")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _cuda_host_register(shm: SharedMemory, register: bool) -> bool:
+    """Page-lock (or release) shared memory for the GPU: device-to-host copies then run at DMA speed."""
+    address = np.frombuffer(shm.buf, dtype=np.uint8).ctypes.data
+    cudart = torch.cuda.cudart()
+    status = cudart.cudaHostRegister(address, shm.size, 0) if register else cudart.cudaHostUnregister(address)
+    return int(status) == 0
+
+
+# --------------------------------------------------------------------------- the writer process
+
+
+def _serve(
+    conn: Connection, dataset: str, identity: dict, samples_per_shard: int, batch_size: int,
+    written_by: dict[str, Any], buffer_names: list[str],
+) -> None:
+    """The writer process: one ``StoreWriter`` appended to at a time, commits on a thread."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past RLIMIT_FSIZE: EFBIG, reported as a full disk
+    ident = Identity.from_dict(identity)
+    specs = contract.array_specs(ident)
+    buffers = [_SharedBatch.attach(n, {k: s for k, s in specs.items() if s.is_tensor}, batch_size) for n in buffer_names]
+    lock = threading.Lock()
+    committer = ThreadPoolExecutor(1, thread_name_prefix="store-commit")
+    commits: list[Future] = []
+    store: StoreWriter | None = None
+    failed = threading.Event()
+
+    def send(*message: Any) -> None:
+        with lock:
+            conn.send(message)
+
+    def fail(exc: BaseException) -> None:
+        failed.set()
+        errno = exc.errno if isinstance(exc, OSError) else None
+        send("error", errno, getattr(exc, "strerror", None), "".join(traceback.format_exception(exc)))
+
+    def commit(writer: StoreWriter, skipped: dict[str, int]) -> None:
+        try:
+            attrs = writer.commit(skipped=skipped)
+        except BaseException as exc:
+            writer.abort()
+            fail(exc)
+            return
+        send("committed", writer.source, attrs.to_dict())
+
+    while True:
+        try:
+            kind, *args = conn.recv()
+        except EOFError:  # the task is gone: drop the store being appended to
+            if store is not None:
+                store.abort()
+            break
+        if kind == "close":
+            wait(commits)
+            send("closed")
+            break
+        if failed.is_set():
+            continue
+        try:
+            if kind == "begin":
+                path = contract.shards_dir(dataset) / contract.store_name(args[0])
+                store = StoreWriter(path, ident, specs, args[0], samples_per_shard, written_by)
+            elif kind == "append":
+                index, n, meta = args
+                batch = {name: view[:n].copy() for name, view in buffers[index].views.items()}
+                send("free", index)
+                store.append(batch | meta)
+            else:  # commit
+                commits.append(committer.submit(commit, store, args[0]))
+                store = None
+        except BaseException as exc:
+            if store is not None:
+                store.abort()
+                store = None
+            fail(exc)
+    committer.shutdown()
+    for buffer in buffers:
+        buffer.release(unlink=False)
+    conn.close()

@@ -1,0 +1,262 @@
+"""Stage 1 end to end on the tiny assets: a corpus of bad inputs, identity refusal, missing assets, a task
+killed mid-store then rerun (bit-identical to an uninterrupted run), and a full disk."""
+
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import zarr
+
+from shared import contract
+from shared.assets import write_sample_tars
+from shared.encoders import AssetsError
+from shared.store import verify_store
+from stage1_encode.config import load_config
+from stage1_encode.pipeline import Stage1Error, Task, run_task
+from test_stage1_units import image_bytes
+
+pytest_plugins = ["fixtures_assets"]
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "encode_tiny.toml"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run_cli(inputs: Path, output: Path, assets: Path, *extra: str, limit_file_bytes: int | None = None,
+            wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m stage1_encode`` in its own session (so a test can kill the whole process group)."""
+    cmd = [sys.executable, "-m", "stage1_encode", "--input", str(inputs), "--output", str(output),
+           "--assets", str(assets), "--config", str(TINY_CONFIG), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def limit() -> None:
+        if limit_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
+
+    log = open(output.parent / f"{output.name}-{time.monotonic_ns()}.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=limit)
+    if not wait:
+        return proc
+    proc.wait(timeout=300)
+    log.seek(0)
+    return subprocess.CompletedProcess(cmd, proc.returncode, log.read())
+
+
+def identity(dataset: Path) -> contract.Identity:
+    return contract.read_identity(dataset)
+
+
+def verified_stores(dataset: Path) -> dict[str, contract.StoreAttrs]:
+    """Every committed store, each checked whole (counts, checksums, shard files)."""
+    ident = identity(dataset)
+    stores = {}
+    for path in contract.committed_store_paths(dataset):
+        assert verify_store(path, ident, contract.array_specs(ident)) == [], path
+        stores[path.name] = contract.read_store_attrs(path)
+    return stores
+
+
+def fingerprint(store: Path) -> dict[str, str]:
+    """SHA-256 of every file of a store; the root metadata without ``written_by`` (host, pid, time)."""
+    out = {}
+    for path in sorted(p for p in store.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(store))
+        data = path.read_bytes()
+        if rel == "zarr.json":
+            meta = json.loads(data)
+            meta["attributes"].pop("written_by")
+            data = json.dumps(meta, sort_keys=True).encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+# (member name -> bytes, expected): "ok" or the skip reason. Built lazily: images take a moment.
+def corpus_samples() -> list[tuple[dict[str, bytes], str]]:
+    jpeg = image_bytes("RGB", (400, 300))
+    cap = b"a red fox in the snow"
+
+    def pair(key: str, image: bytes, ext: str = "jpg", caption: bytes = cap) -> dict[str, bytes]:
+        return {f"{key}.{ext}": image, f"{key}.txt": caption}
+
+    return [
+        (pair("ok_rgb", jpeg), "ok"),
+        (pair("ok_gray", image_bytes("L", (300, 380))), "ok"),
+        (pair("ok_cmyk", image_bytes("CMYK", (420, 300))), "ok"),
+        (pair("ok_palette", image_bytes("P", (300, 300), "PNG"), "png"), "ok"),
+        (pair("ok_palette_alpha", image_bytes("P", (300, 330), "PNG", transparency=0), "png"), "ok"),
+        (pair("ok_16bit", image_bytes("I;16", (310, 300), "PNG"), "png"), "ok"),
+        (pair("ok_rgba", image_bytes("RGBA", (256, 300), "PNG"), "png"), "ok"),
+        (pair("ok_exif", image_bytes("RGB", (400, 300), orientation=6)), "ok"),
+        (pair("ok_jpeg_ext", jpeg, "jpeg"), "ok"),
+        (pair("ok_upper_ext", jpeg, "JPG"), "ok"),
+        (pair("ok_webp", image_bytes("RGB", (300, 300), "WEBP"), "webp"), "ok"),
+        (pair("ok_png_named_jpg", image_bytes("RGB", (300, 300), "PNG")), "ok"),
+        (pair("nested/dir/ok_nested", jpeg), "ok"),
+        (pair("ok_wide", image_bytes("RGB", (2600, 256))), "ok"),
+        (pair("ok_long_caption", jpeg, caption=("word " * 2000).encode()), "ok"),
+        (pair("bad_corrupt", os.urandom(5000)), "undecodable_image"),
+        (pair("bad_text_as_image", b"hello, I am not a picture"), "undecodable_image"),
+        (pair("bad_truncated_jpeg", jpeg[: len(jpeg) // 2]), "undecodable_image"),
+        ({"bad_no_caption.jpg": jpeg}, "missing_caption"),
+        ({"bad_no_image.txt": cap, "bad_no_image.json": b"{}"}, "missing_image"),
+        (pair("bad_empty_caption", jpeg, caption=b""), "empty_caption"),
+        (pair("bad_blank_caption", jpeg, caption=b" \n\t"), "empty_caption"),
+        (pair("bad_not_utf8", jpeg, caption=b"caf\xe9 \xff"), "caption_not_utf8"),
+        (pair("bad_empty_image", b""), "empty_image"),
+        (pair("bad_tiny", image_bytes("RGB", (200, 300))), "too_small"),
+        (pair("bad_thin", image_bytes("L", (10, 3000))), "too_small"),
+        (pair("bad_huge", image_bytes("L", (1100, 1000))), "too_large"),
+        (pair("bad_bomb", image_bytes("L", (1500, 1500))), "too_large"),
+        (pair("ok_rgb", jpeg), "duplicate_key"),
+    ]
+
+
+def write_corpus(directory: Path) -> tuple[list[str], Counter]:
+    """corpus.tar (every bad kind among good samples), truncated.tar, empty.tar; -> valid keys, skips."""
+    directory.mkdir()
+    samples = corpus_samples()
+    with tarfile.open(directory / "corpus.tar", "w") as tar:
+        for members, _ in samples:
+            for name, data in members.items():
+                add(tar, name, data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(4):
+            add(tar, f"t{i}.jpg", image_bytes("RGB", (300 + i, 300)))
+            add(tar, f"t{i}.txt", b"caption %d" % i)
+    data = buf.getvalue()
+    (directory / "truncated.tar").write_bytes(data[: data.index(b"t3.jpg") + 1500])  # inside t3.jpg
+    (directory / "empty.tar").write_bytes(b"")
+    valid = [next(iter(m)).rsplit(".", 1)[0] for m, expected in samples if expected == "ok"]
+    skips = Counter(expected for _, expected in samples if expected != "ok")
+    return valid, skips + Counter(truncated_tar=2)
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tiny_assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    valid, skips = write_corpus(root / "tars")
+    config = load_config(TINY_CONFIG, [("workers.decode", "0"), ("image.max_pixels", "1000000")])
+    log = io.StringIO()
+    summary = run_task(config, Task(str(root / "tars"), root / "ds", tiny_assets), out=log)
+    return root / "ds", summary, valid, skips, log.getvalue()
+
+
+def test_every_bad_input_is_counted_and_every_good_one_kept(corpus_run):
+    dataset, summary, valid, skips, log = corpus_run
+    assert summary.skipped == dict(skips), log
+    assert summary.samples == len(valid) + 3 and summary.stores_committed == 3
+    stores = verified_stores(dataset)
+    assert stores["corpus.zarr"].skipped == dict(skips - Counter(truncated_tar=2))
+    assert stores["truncated.zarr"].skipped == {"truncated_tar": 1}
+    assert stores["empty.zarr"].skipped == {"truncated_tar": 1} and stores["empty.zarr"].num_samples == 0
+    group = zarr.open_group(contract.shards_dir(dataset) / "corpus.zarr", mode="r")
+    keys = list(group["key"][:])
+    assert keys == valid
+    row = {k: i for i, k in enumerate(keys)}
+    assert len(list(group["caption"][:])[row["ok_long_caption"]]) == 10_000
+    assert list(group["original_size"][row["ok_exif"]]) == [300, 400]  # EXIF rotation applied
+    assert list(group["original_size"][row["ok_wide"]]) == [2600, 256]
+    truncated = zarr.open_group(contract.shards_dir(dataset) / "truncated.zarr", mode="r")
+    assert list(truncated["key"][:]) == ["t0", "t1", "t2"]
+    assert "done:" in log and "skipped {" in log
+
+
+def test_a_dataset_with_another_identity_is_refused(corpus_run, tiny_assets):
+    dataset = corpus_run[0]
+    before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    config = load_config(TINY_CONFIG, [("workers.decode", "0"), ("storage.dtype", "bfloat16")])
+    with pytest.raises(Stage1Error, match="encoded with another identity") as exc:
+        run_task(config, Task(str(dataset.parent / "tars"), dataset, tiny_assets), out=io.StringIO())
+    assert "storage_dtype" in str(exc.value) and "\n" not in str(exc.value)
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before
+
+
+def test_missing_assets_fail_before_any_work(tiny_assets, tmp_path):
+    assets = Path(shutil.copytree(tiny_assets, tmp_path / "assets"))
+    (assets / "text_encoder_2" / "model.safetensors").unlink()
+    config = load_config(TINY_CONFIG, [("workers.decode", "0")])
+    with pytest.raises(AssetsError, match="text_encoder_2/model.safetensors: missing"):
+        run_task(config, Task(str(tmp_path), tmp_path / "ds", assets), out=io.StringIO())
+    assert not (tmp_path / "ds").exists()
+
+
+# --------------------------------------------------------------------------- kill, rerun, full disk
+
+
+def test_killed_task_reruns_to_bit_identical_stores(tiny_assets, tmp_path):
+    tars = tmp_path / "tars"
+    write_sample_tars(tars, shards=2, per_shard=10)
+    reference = run_cli(tars, tmp_path / "reference", tiny_assets)
+    assert reference.returncode == 0, reference.stdout
+
+    dataset = tmp_path / "killed"
+    proc = run_cli(tars, dataset, tiny_assets, wait=False)
+    shards = contract.shards_dir(dataset)
+    deadline = time.monotonic() + 120
+    while not any((t / "t5" / "c").is_dir() for t in contract.temporary_store_paths(dataset)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before a store was half written"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert contract.temporary_store_paths(dataset), "the killed writer's temporary should remain"
+    verified_stores(dataset)  # whatever is under a final name is whole
+
+    assert list(Path("/dev/shm").glob(f"stage1enc_{proc.pid}_*")), "the killed task's writer buffers"
+
+    rerun = run_cli(tars, dataset, tiny_assets)
+    assert rerun.returncode == 0, rerun.stdout
+    assert contract.temporary_store_paths(dataset) == []
+    assert not list(Path("/dev/shm").glob(f"stage1enc_{proc.pid}_*")), "orphaned buffers are removed"
+    assert sorted(p.name for p in shards.iterdir()) == ["cc12m-train-0000.zarr", "cc12m-train-0001.zarr"]
+    ours, theirs = verified_stores(dataset), verified_stores(tmp_path / "reference")
+    for name in ours:
+        assert ours[name].checksums == theirs[name].checksums
+        assert fingerprint(shards / name) == fingerprint(contract.shards_dir(tmp_path / "reference") / name)
+    assert fingerprint(dataset / contract.EMPTY_PROMPT_STORE) == fingerprint(
+        tmp_path / "reference" / contract.EMPTY_PROMPT_STORE
+    )
+
+
+def test_full_disk_fails_cleanly_and_a_rerun_completes(tiny_assets, tmp_path):
+    tars = tmp_path / "tars"
+    write_sample_tars(tars, shards=1, per_shard=20)
+    dataset = tmp_path / "ds"
+    # Small batches (the writers' shared buffers: 4 x 160 KB) but 16-sample Zarr shards: an AE shard file
+    # (~17 samples x 64 KB) cannot be written under the 700 KB file size limit; everything else can.
+    small = ["--batch.size", "4", "--batch.t5", "4", "--batch.clip", "4", "--batch.ae", "4",
+             "--storage.samples_per_shard", "16"]
+    full = run_cli(tars, dataset, tiny_assets, *small, limit_file_bytes=700 * 1024)
+    assert full.returncode == 1, full.stdout
+    errors = [line for line in full.stdout.splitlines() if line.startswith("stage1_encode: error:")]
+    assert len(errors) == 1 and "no space left (or file size limit)" in errors[0], full.stdout
+    assert contract.committed_store_paths(dataset) == [] and contract.temporary_store_paths(dataset) == []
+    assert [p.state for p in contract.read_progress(dataset)] == ["failed"]
+    assert "File too large" in contract.read_progress(dataset)[0].message
+
+    rerun = run_cli(tars, dataset, tiny_assets, *small)
+    assert rerun.returncode == 0, rerun.stdout
+    assert list(verified_stores(dataset)) == ["cc12m-train-0000.zarr"]
+    assert [p.state for p in contract.read_progress(dataset)] == ["done"]
