@@ -11,11 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 from shared import contract
+from shared.tasks import TaskSliceError, task_slice
 
 TAR_SUFFIXES = (".tar",)
 
 
-class SourcesError(ValueError):
+class SourcesError(TaskSliceError):
     """The input names no tars, or the task index does not fit the task count."""
 
 
@@ -33,10 +34,11 @@ def list_tars(input_spec: str | os.PathLike) -> list[Path]:
 
 def task_tars(tars: list[Path], task_index: int, num_tasks: int) -> list[Path]:
     """The tars of task ``task_index`` of ``num_tasks`` (round-robin, so big and small tars spread out)."""
-    if num_tasks < 1 or not 0 <= task_index < num_tasks:
-        raise SourcesError(f"task index {task_index} is outside 0..{num_tasks - 1} (num_tasks={num_tasks})")
     counts = Counter(contract.store_name(p) for p in tars)
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise SourcesError(f"input tars would share store names: {duplicates[:5]}")
-    return tars[task_index::num_tasks]
+    try:
+        return task_slice(tars, task_index, num_tasks)
+    except TaskSliceError as exc:
+        raise SourcesError(str(exc)) from None

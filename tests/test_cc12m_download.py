@@ -18,7 +18,7 @@ from shared.assets import cc12m
 from shared.assets.__main__ import main
 from shared.assets.hub import FetchError
 from shared.assets.mirror import STAGING
-from stage1_encode.sources import SourcesError
+from shared.tasks import TaskSliceError
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 256 * 1024
@@ -63,7 +63,7 @@ def test_shard_ranges_and_task_slices():
     assert cc12m.task_shards(range(10), 1, 3) == ["cc12m-train-0001.tar", "cc12m-train-0004.tar", "cc12m-train-0007.tar"]
     slices = [cc12m.task_shards(range(2176), i, 16) for i in range(16)]
     assert sorted(n for s in slices for n in s) == [cc12m.shard_name(i) for i in range(2176)]
-    with pytest.raises(SourcesError, match="task index 3 is outside 0..2"):
+    with pytest.raises(TaskSliceError, match="task index 3 is outside 0..2"):
         cc12m.task_shards(range(10), 3, 3)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import shared.assets as assets
 from shared.assets import cc12m
-from stage1_encode.sources import SourcesError
+from shared.tasks import TaskSliceError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             names = cc12m.task_shards(args.shards, args.task_index, args.num_tasks)
             print(f"cc12m: {cc12m.download_cc12m(args.out, names, args.workers, args.verify)}")
-    except (assets.FetchError, SourcesError) as e:
+    except (assets.FetchError, TaskSliceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

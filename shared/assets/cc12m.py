@@ -1,7 +1,7 @@
 """``pixparse/cc12m-wds`` (2,176 WebDataset tars, ~1 TB) onto a shared filesystem, as Stage 1's ``--input``.
 
 Resumable and verified by ``shared.assets.mirror``; split across a Slurm array exactly as Stage 1 splits
-its input (``stage1_encode.sources.task_tars``: task i of N takes tars i, i+N, … of the sorted selection),
+its input (``shared.tasks.task_slice``, as Stage 1: task i of N takes tars i, i+N, … of the sorted selection),
 so the tars are named and ordered before any network call and a bad task index fails at once.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shared.assets.hub import FetchError, HubDataset, free_bytes, hub_errors, require_space, require_token
 from shared.assets.mirror import Progress, Remote, mirror, to_fetch
-from stage1_encode.sources import task_tars
+from shared.tasks import task_slice
 
 REPO_ID = "pixparse/cc12m-wds"
 NUM_SHARDS = 2176
@@ -38,7 +38,7 @@ def parse_shards(text: str) -> range:
 
 def task_shards(shards: range, task_index: int, num_tasks: int) -> list[str]:
     """Names of the tars that task ``task_index`` of ``num_tasks`` downloads (Stage 1's slicing)."""
-    return [p.name for p in task_tars([Path(shard_name(i)) for i in shards], task_index, num_tasks)]
+    return task_slice([shard_name(i) for i in sorted(shards)], task_index, num_tasks)
 
 
 def download_cc12m(out: Path, names: list[str], workers: int, verify: bool, interval_s: float = 30.0) -> str:

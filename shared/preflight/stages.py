@@ -7,7 +7,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 import torch
 
@@ -52,9 +52,18 @@ def encode_rows(
         rows.append(inputs.dataset_encoders_row(output, hashes))
     rows += [
         storage.writable_row("output", output),
-        storage.dataset_space_row(output, [p.name for p in tars], free_bytes(output)),
+        storage.dataset_space_row(output, tars, free_bytes(output), _raw_bytes_per_sample(config, assets)),
     ]
     return rows
+
+
+def _raw_bytes_per_sample(config: Any, assets: Path) -> float | None:
+    from shared.encoders import AssetsError
+
+    try:
+        return storage.raw_bytes_per_sample(config.image.size, config.text.t5_max_length, config.storage.dtype, assets)
+    except (OSError, ValueError, KeyError, AssetsError):
+        return None  # the assets row already says what is wrong with them
 
 
 def train_rows(
