@@ -43,37 +43,20 @@ from torchtitan.config import TORCH_DTYPE_MAP, JobConfig
 from torchtitan.distributed import ParallelDims
 from torchtitan.models.flux.infra import parallelize as flux_parallelize
 from torchtitan.models.flux.model.args import FluxModelArgs
-from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 from torchtitan.models.flux.model.hf_embedder import FluxEmbedder
 from torchtitan.tools.logging import logger
 
 from stage2_train.device import use_cpu_if_no_cuda
+from stage2_train.flavors import FLAVORS
 
 import bench.stage2_hooks  # noqa: F401  (installs the metrics file and the phase plan)
 
-TINY_ARGS = dict(
-    in_channels=64,
-    out_channels=64,
-    vec_in_dim=32,
-    context_in_dim=32,
-    hidden_size=64,
-    mlp_ratio=4.0,
-    num_heads=2,
-    axes_dim=(8, 12, 12),
-    theta=10_000,
-    qkv_bias=True,
-    autoencoder_params=AutoEncoderParams(
-        resolution=256, in_channels=3, ch=32, out_ch=3, ch_mult=(1, 1, 1, 1), num_res_blocks=1,
-        z_channels=16, scale_factor=0.3611, shift_factor=0.1159,
-    ),
-)  # fmt: skip
-"""Widths of the tiny encoders ``bench/stage2_train.py --tiny`` writes (T5 and CLIP width 32) and of
-Stage 2's ``flux-tiny`` flavor."""
-
-
 def bench_flavor(spec: dict) -> FluxModelArgs:
     if spec.get("tiny"):
-        return FluxModelArgs(**TINY_ARGS, depth=spec["depth"], depth_single_blocks=spec["single"])
+        # Stage 2's flux-tiny widths (the tiny encoders' T5/CLIP width 32), as TorchTitan's own args.
+        tiny = FLAVORS["flux-tiny"]
+        args = {f.name: getattr(tiny, f.name) for f in dataclasses.fields(FluxModelArgs)}
+        return FluxModelArgs(**{**args, "depth": spec["depth"], "depth_single_blocks": spec["single"]})
     return dataclasses.replace(flux.flux_args["flux-schnell"], depth=spec["depth"], depth_single_blocks=spec["single"])
 
 

@@ -72,7 +72,7 @@ def run_task(
     started = time.time()
     assets_api.check_assets(task.assets)
     tars = sources.task_tars(sources.list_tars(task.input), task.task_index, task.num_tasks)
-    device, dtype, compile_ = _resolve_compute(config)
+    device, dtype, compile_ = resolve_compute(config)
     tokenizer_factory = tokenizer_factory or functools.partial(
         assets_api.load_tokenizers, task.assets, config.text.t5_max_length
     )
@@ -82,17 +82,10 @@ def run_task(
     try:
         encoders = (encoders_factory or functools.partial(load_encoders, task.assets))(device, dtype)
         encoder = BatchEncoder(encoders, config.batch, compile_, config.encoders.ae_channels_last and device.type == "cuda")
-        empty = _encode_empty_prompt(encoder, tokenizer_factory(), config.text.t5_max_length)
-        identity = build_identity(
-            config,
-            encoders.hashes,
-            encoders.ae_params,
-            dims=(empty["t5"].shape[-1], empty["clip"].shape[-1]),
-            compute={"dtype": str(dtype).removeprefix("torch."), "compile": compile_},
-        )
-        _write_identity(task, identity)
+        identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizer_factory(), dtype, compile_)
+        write_identity(task, identity)
         _remove_stale(task, tars, config)
-        _write_empty_prompt(task.output, identity, empty)
+        write_empty_prompt(task.output, identity, empty)
         return _encode_tars(config, task, tars, workers, encoder, identity, started, out)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
@@ -105,7 +98,7 @@ def run_task(
         workers.close()
 
 
-def _resolve_compute(config: EncodeConfig) -> tuple[torch.device, torch.dtype, bool]:
+def resolve_compute(config: EncodeConfig) -> tuple[torch.device, torch.dtype, bool]:
     """``auto`` settings: CUDA when visible (Slurm sets CUDA_VISIBLE_DEVICES="" without GPUs), bf16 and
     compiled there; fp32 eager on CPU."""
     settings = config.encoders
@@ -119,12 +112,27 @@ def _resolve_compute(config: EncodeConfig) -> tuple[torch.device, torch.dtype, b
     return device, getattr(torch, dtype_name), compile_
 
 
-def _encode_empty_prompt(encoder: BatchEncoder, tokenizers: tuple[Any, Any], t5_max_length: int) -> dict[str, torch.Tensor]:
+def identity_and_empty_prompt(
+    config: EncodeConfig, encoders: Any, encoder: BatchEncoder, tokenizers: tuple[Any, Any], dtype: torch.dtype, compile_: bool
+) -> tuple[Identity, dict[str, torch.Tensor]]:
+    """The dataset identity, and the empty caption's encodings whose widths it records."""
+    empty = encode_empty_prompt(encoder, tokenizers, config.text.t5_max_length)
+    identity = build_identity(
+        config,
+        encoders.hashes,
+        encoders.ae_params,
+        dims=(empty["t5"].shape[-1], empty["clip"].shape[-1]),
+        compute={"dtype": str(dtype).removeprefix("torch."), "compile": compile_},
+    )
+    return identity, empty
+
+
+def encode_empty_prompt(encoder: BatchEncoder, tokenizers: tuple[Any, Any], t5_max_length: int) -> dict[str, torch.Tensor]:
     t5, clip = tokenize(tokenizers, [""], t5_max_length)
     return encoder.encode_text(t5, clip)
 
 
-def _write_identity(task: Task, identity: Identity) -> None:
+def write_identity(task: Task, identity: Identity) -> None:
     try:
         contract.write_identity(task.output, identity, extra={contract.ASSETS_DIR_KEY: str(task.assets.resolve())})
     except ContractError as exc:
@@ -144,7 +152,7 @@ def _remove_stale(task: Task, tars: list[Path], config: EncodeConfig) -> None:
     remove_stale_temporaries(task.output, {contract.EMPTY_PROMPT_STORE}, stale_after)
 
 
-def _write_empty_prompt(dataset: Path, identity: Identity, empty: dict[str, torch.Tensor]) -> None:
+def write_empty_prompt(dataset: Path, identity: Identity, empty: dict[str, torch.Tensor]) -> None:
     """Once per dataset; racing tasks compute the same bytes and the first commit wins."""
     path = dataset / contract.EMPTY_PROMPT_STORE
     if path.exists():

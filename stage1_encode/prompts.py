@@ -24,14 +24,13 @@ from shared.contract import ContractError, Identity
 from shared.store import StoreReader, StoreWriter
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
 from stage1_encode.encode import BatchEncoder, load_encoders
-from stage1_encode.identity import build_identity
 from stage1_encode.pipeline import (
     Stage1Error,
     Task,
-    _encode_empty_prompt,
-    _resolve_compute,
-    _write_empty_prompt,
-    _write_identity,
+    identity_and_empty_prompt,
+    resolve_compute,
+    write_empty_prompt,
+    write_identity,
 )
 from stage1_encode.temporaries import remove_stale_temporaries
 from stage1_encode.tokenize import tokenize
@@ -62,24 +61,17 @@ def encode_prompt_set(config: EncodeConfig, prompts_file: Path, output: Path, as
     if existing is not None and existing != prompts:
         raise Stage1Error(f"{output} already holds {len(existing)} other prompts; use a new --output")
     assets_api.check_assets(assets)
-    device, dtype, compile_ = _resolve_compute(config)
+    device, dtype, compile_ = resolve_compute(config)
     encoders = load_encoders(assets, device, dtype)
     encoder = BatchEncoder(encoders, config.batch, compile_, channels_last=False)
     tokenizers = assets_api.load_tokenizers(assets, config.text.t5_max_length)
-    empty = _encode_empty_prompt(encoder, tokenizers, config.text.t5_max_length)
-    identity = build_identity(
-        config,
-        encoders.hashes,
-        encoders.ae_params,
-        dims=(empty["t5"].shape[-1], empty["clip"].shape[-1]),
-        compute={"dtype": str(dtype).removeprefix("torch."), "compile": compile_},
-    )
-    _write_identity(Task(str(prompts_file), output, assets), identity)  # refuses a set made otherwise
+    identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizers, dtype, compile_)
+    write_identity(Task(str(prompts_file), output, assets), identity)  # refuses a set made otherwise
     if existing is not None:
         return False
     stores = {contract.EMPTY_PROMPT_STORE, contract.PROMPTS_STORE}
     remove_stale_temporaries(output, stores, config.run.stale_temporary_s)
-    _write_empty_prompt(output, identity, empty)
+    write_empty_prompt(output, identity, empty)
     _write_prompts(output, identity, prompts, encoder, tokenizers, config, source=prompts_file.name)
     return True
 
