@@ -1,0 +1,89 @@
+"""Stage 1 helpers for the reliability suite (no tests here): one tiny tar set, the clean reference run
+and the checks every fault-injection trial ends with. Builds on tests/test_stage1_pipeline.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import contract
+from shared.store import verify_store
+from test_stage1_pipeline import TINY_CONFIG, fingerprint, run_cli, verified_stores
+
+# Small Zarr shards so a kill often lands between two shard writes of one store; no decode worker
+# process (one fewer process start per run on a 2-core machine).
+OVERRIDES = ("--storage.samples_per_shard", "2", "--workers.decode", "0")
+SHARDS, PER_SHARD = 2, 8
+
+
+@dataclass
+class Reference:
+    tars: Path
+    dataset: Path
+    seconds: float
+    first_write: float                     # seconds from start until the first temporary store appeared
+    prints: dict[str, dict[str, str]]      # store (and empty prompt) -> file -> sha256
+    checksums: dict[str, dict[str, str]]   # store -> array -> recorded checksum
+
+
+def run(tars: Path | str, dataset: Path, assets: Path, *extra: str, **kw):
+    return run_cli(Path(tars) if not isinstance(tars, str) else tars, dataset, assets, *OVERRIDES, *extra, **kw)
+
+
+def dataset_prints(dataset: Path) -> dict[str, dict[str, str]]:
+    out = {name: fingerprint(contract.shards_dir(dataset) / name)
+           for name in sorted(p.name for p in contract.committed_store_paths(dataset))}
+    out[contract.EMPTY_PROMPT_STORE] = fingerprint(dataset / contract.EMPTY_PROMPT_STORE)
+    return out
+
+
+def check_committed_whole(dataset: Path) -> int:
+    """Every store under a final name (shards and the empty prompt) verifies; returns how many."""
+    if not (dataset / contract.DATASET_FILE).exists():
+        assert not contract.shards_dir(dataset).exists() or not contract.committed_store_paths(dataset)
+        return 0
+    stores = verified_stores(dataset)
+    empty = dataset / contract.EMPTY_PROMPT_STORE
+    if empty.exists():
+        ident = contract.read_identity(dataset)
+        assert verify_store(empty, ident, contract.empty_prompt_specs(ident)) == [], empty
+    return len(stores)
+
+
+def check_equals_reference(dataset: Path, ref: Reference) -> None:
+    """The dataset is what the clean run made: same stores, same checksums, same bytes, no leftovers."""
+    stores = verified_stores(dataset)
+    assert sorted(stores) == sorted(ref.checksums), sorted(stores)
+    for name, attrs in stores.items():
+        assert attrs.checksums == ref.checksums[name], name
+    assert dataset_prints(dataset) == ref.prints
+    assert contract.temporary_store_paths(dataset) == []
+
+
+def make_reference(tars: Path, dataset: Path, assets: Path) -> Reference:
+    started = time.monotonic()
+    proc = run(tars, dataset, assets, wait=False)
+    first_write = None
+    while proc.poll() is None:
+        if first_write is None and contract.temporary_store_paths(dataset):
+            first_write = time.monotonic() - started
+        time.sleep(0.01)
+        assert time.monotonic() - started < 300, "the clean Stage 1 run hung"
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0
+    assert first_write is not None, "never saw a temporary store"
+    checksums = {name: attrs.checksums for name, attrs in verified_stores(dataset).items()}
+    assert len(checksums) == SHARDS
+    return Reference(tars, dataset, seconds, first_write, dataset_prints(dataset), checksums)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
