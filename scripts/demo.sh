@@ -41,32 +41,33 @@ await() {
     done
     if [[ $state != "COMPLETED " ]]; then
         echo "demo: job $job ended $state" >&2
-        tail -n 40 logs/*"_$job"* >&2 || true
+        tail -n 40 "$work"/logs/*"_$job"* >&2 || true
         exit 1
     fi
 }
 
-mkdir -p logs
+# A fresh cluster numbers jobs from 1 again: keep this run's logs beside its data, not in ./logs.
+mkdir -p "$work/logs"
 step "Stage 1: sbatch slurm/encode_array.sbatch (array of 2 tasks)"
-job=$(sbatch --parsable --array=0-1 slurm/encode_array.sbatch \
+job=$(sbatch --parsable --array=0-1 --output="$work/logs/%x_%A_%a.out" slurm/encode_array.sbatch \
     --input "$work/tars" --output "$work/dataset" --assets "$work/assets" --config configs/encode_tiny.toml)
 echo "  submitted array job $job"
 await "$job"
-tail -n 3 logs/flux-encode_"$job"_*.out | sed 's/^/  /'
+tail -n 3 "$work"/logs/flux-encode_"$job"_*.out | sed 's/^/  /'
 
 step "inspect: python -m shared.inspect_shards DATASET --verify --show 2 --grid"
 $py -m shared.inspect_shards "$work/dataset" --verify --show 2 --grid "$work/grid.png"
 
 step "Stage 2: sbatch slurm/train.sbatch (2 nodes, HSDP replicate 2 x shard 1, 10 steps)"
-job=$(sbatch --parsable slurm/train.sbatch --job.config_file configs/flux_tiny.toml \
+job=$(sbatch --parsable --output="$work/logs/%x_%j.out" slurm/train.sbatch --job.config_file configs/flux_tiny.toml \
     --training.dataset_path "$work/dataset" --job.dump_folder "$work/train" --training.steps 10 \
     --checkpoint.enable --checkpoint.interval 5)
 echo "  submitted job $job"
 await "$job"
-grep -E "step: *[0-9]+ " logs/flux-train_"$job".out | sed 's/^/  /'
+grep -E "step: *[0-9]+ " "$work"/logs/flux-train_"$job".out | sed 's/^/  /'
 
 step "done"
 echo "  dataset      $work/dataset"
 echo "  image grid   $work/grid.png"
 echo "  checkpoints  $work/train/checkpoint"
-echo "  logs         $repo/logs/flux-encode_*  $repo/logs/flux-train_$job.out"
+echo "  logs         $work/logs/"
