@@ -15,6 +15,8 @@ then in one run measures:
   e2e_over_ceiling          the ratio of the two
   bytes_per_sample_on_disk  committed stores' bytes per sample
   cc12m_hours_16_gpus       10,968,539 samples at the end-to-end rate on 16 GPUs
+  first_batch_bit_identical 1 if the first tar's first batch, as stored, equals the same samples
+                            encoded directly (no staging, copying or writing in between), else 0
 
 Each figure is one JSON line with device, torch, commit and date (``bench/common.py``).
 """
@@ -34,7 +36,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
+import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,8 +48,11 @@ from shared import encoders as assets_api  # noqa: E402
 from shared.assets import write_sample_tars, write_tiny_assets  # noqa: E402
 from shared.assets.tiny import AE_DIMS, CLIP_DIMS, T5_DIMS  # noqa: E402
 from stage1_encode.config import EncodeConfig, load_config, parse_overrides  # noqa: E402
+from stage1_encode import prepare  # noqa: E402
 from stage1_encode.encode import BatchEncoder, Encoders  # noqa: E402
+from stage1_encode.identity import image_policy  # noqa: E402
 from stage1_encode.pipeline import Task, run_task  # noqa: E402
+from stage1_encode.tars import Skip, read_tar  # noqa: E402
 
 BENCH = "stage1_encode"
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +141,22 @@ def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_
     return batches * size / (time.perf_counter() - start)
 
 
+def first_batch_bit_identical(encoder: BatchEncoder, config: EncodeConfig, tar: Path, dataset: Path, assets: Path) -> bool:
+    """The first batch of ``tar`` as the pipeline stored it equals its samples encoded directly."""
+    prepare.init_worker(functools.partial(assets_api.load_tokenizers, assets, config.text.t5_max_length))
+    raw = [r for r in read_tar(tar) if not isinstance(r, Skip)]
+    prepared = prepare.prepare_chunk(raw, image_policy(config), config.text.t5_max_length)
+    batch = [p for p in prepared if not isinstance(p, Skip)][: config.batch.size]
+    tensors = encoder.encode_text(np.stack([p.t5_tokens for p in batch]), np.stack([p.clip_tokens for p in batch]))
+    tensors |= encoder.encode_images(np.stack([p.image.pixels for p in batch]))
+    store = zarr.open_group(contract.shards_dir(dataset) / contract.store_name(tar), mode="r")
+    storage_dtype = contract.read_identity(dataset).storage_dtype
+    same_keys = list(store["key"][: len(batch)]) == [p.key for p in batch]
+    return same_keys and all(
+        np.array_equal(contract.to_storage(t, storage_dtype), store[name][: len(batch)]) for name, t in tensors.items()
+    )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -183,6 +206,7 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
     log = io.StringIO()
     run_task(config, Task(str(warm_tars), work / "warmup", assets), encoders_factory, out=log)  # compiles
     summary = run_task(config, Task(str(work / "tars"), work / "dataset", assets), encoders_factory, out=log)
+    sys.stderr.write(log.getvalue())  # the tasks' progress lines, for reading a figure that looks off
 
     identity = contract.read_identity(work / "dataset")
     compiled = bool(identity.preprocessing["encoder_compute"]["compile"])
@@ -191,6 +215,7 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
     encoder = BatchEncoder(encoders_factory(device, dtype), config.batch, compiled,
                            config.encoders.ae_channels_last and device.type == "cuda")
     ceiling = encoders_ceiling(encoder, ceiling_batches, identity.t5_max_length, identity.image_size)
+    identical = first_batch_bit_identical(encoder, config, tars[0], work / "dataset", assets)
 
     stores = [contract.read_store_attrs(p) for p in contract.committed_store_paths(work / "dataset")]
     e2e = summary.samples / summary.encode_seconds
@@ -210,6 +235,7 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
             ("bytes_per_sample_on_disk", round(sum(s.stored_bytes for s in stores) / summary.samples), "bytes"),
             ("raw_bytes_per_sample", round(sum(s.raw_bytes for s in stores) / summary.samples), "bytes"),
             ("cc12m_hours_16_gpus", round(CC12M_SAMPLES / (e2e * 16) / 3600, 2), "hours"),
+            ("first_batch_bit_identical", int(identical), "bool"),
         ],
     }
 

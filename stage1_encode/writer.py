@@ -6,8 +6,10 @@ re-read and verification) costs ~15–20 ms of CPU per sample, much of it serial
 on one event-loop thread), so each store writer is a process of its own:
 
 * encoded tensors go from the GPU straight into one of two shared-memory buffers per writer
-  (page-locked when on CUDA, so the copy runs at DMA speed); the writer copies a batch out, frees the
-  buffer and appends it through ``shared.store.StoreWriter`` (buffer -> whole Zarr shards);
+  (page-locked when on CUDA, so the copy is an asynchronous DMA); the batch is handed to the writer
+  at the task's next call, when the copy has long finished, so the task never waits for the GPU. The
+  writer copies the batch out, frees the buffer and appends it through ``shared.store.StoreWriter``
+  (buffer -> whole Zarr shards);
 * a store's commit (verify, fsync, atomic rename) runs on a thread of the writer, so the next store's
   appends start at once;
 * a failure removes the writer's temporary and comes back to the task as an exception (an ``OSError``
@@ -61,6 +63,9 @@ class WriterProcess:
         self._specs = {n: s for n, s in contract.array_specs(identity).items() if s.is_tensor}
         self._buffers: list[_SharedBatch] = []
         self._free = list(range(BUFFERS_PER_WRITER))
+        self._held: list[tuple] = []
+        """The last batch's "append" (and what followed it), sent once its device-to-host copy has finished."""
+        self._copied: torch.cuda.Event | None = None
         self._error: BaseException | None = None
         context = multiprocessing.get_context("spawn")
         try:
@@ -82,25 +87,35 @@ class WriterProcess:
             raise
 
     def begin(self, source: str) -> None:
-        self._send(("begin", source))
+        self._post(("begin", source))
 
     def append(self, tensors: dict[str, torch.Tensor], meta: dict[str, np.ndarray]) -> None:
-        """Copy a batch's tensors (on any device) into a free buffer and hand it over with its metadata."""
+        """Start copying a batch's tensors (on any device) into a free buffer; the batch is handed over,
+        with its metadata, once the copy has finished (``hand_over_copied`` or the next call)."""
+        self._release(wait=True)
         while not self._free:
             self._receive()
         index = self._free.pop()
         views = self._buffers[index].views
         n = len(next(iter(meta.values())))
         for name, tensor in tensors.items():
-            contract.from_storage(views[name][:n], self._storage_dtype).copy_(tensor)
-        self._send(("append", index, n, meta))
+            contract.from_storage(views[name][:n], self._storage_dtype).copy_(tensor, non_blocking=True)
+        self._held = [("append", index, n, meta)]
+        if any(t.is_cuda for t in tensors.values()):
+            self._copied = torch.cuda.Event()
+            self._copied.record()
 
     def commit(self, skipped: dict[str, int]) -> None:
-        self._send(("commit", skipped))
+        self._post(("commit", skipped))
+
+    def hand_over_copied(self) -> None:
+        """Send what waited for a device-to-host copy that has finished meanwhile (never waits)."""
+        self._release(wait=False)
 
     def close(self) -> None:
         """Wait until every store handed over is committed; raise the writer's error, if any."""
         try:
+            self._release(wait=True)
             self._send(("close",))
             while self._receive() != "closed":
                 pass
@@ -114,6 +129,9 @@ class WriterProcess:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()  # no copy may still target a buffer about to be released
+        self._held, self._copied = [], None
         self._conn.close()  # a writer still waiting for commands sees EOF, drops its store and exits
         self._process.join(timeout=60)
         if self._process.is_alive():
@@ -122,6 +140,22 @@ class WriterProcess:
         for buffer in self._buffers:
             buffer.release()
         self._buffers = []
+
+    def _post(self, message: tuple) -> None:
+        """Send ``message`` now, or after the batch whose copy is still running (order is kept)."""
+        if self._held:
+            self._held.append(message)
+        else:
+            self._send(message)
+
+    def _release(self, wait: bool) -> None:
+        if not self._held or (self._copied is not None and not wait and not self._copied.query()):
+            return
+        if self._copied is not None:
+            self._copied.synchronize()
+        held, self._held, self._copied = self._held, [], None
+        for message in held:
+            self._send(message)
 
     def _send(self, message: tuple) -> None:
         while self._conn.poll():  # collect what the writer said meanwhile (commits, freed buffers, errors)

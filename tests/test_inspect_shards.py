@@ -255,6 +255,24 @@ def test_verify_catches_non_finite_values_with_matching_checksums(small, tmp_pat
     assert finding.where == victim.name and finding.what.startswith("clip: non-finite values in samples 0..")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("-inf"), float("inf"), 3.3e38, -1e-40])
+def test_store_writer_refuses_exactly_the_non_finite_bf16_values(tmp_path, value):
+    identity = tiny_identity()
+    specs = contract.array_specs(identity)
+    batch = {
+        name: np.zeros((4, *spec.shape), dtype=str if spec.dtype == "str" else spec.dtype) for name, spec in specs.items()
+    }
+    batch["t5"][2, 1, 3] = contract.to_storage(torch.tensor(value), "bfloat16")
+    writer = StoreWriter(tmp_path / "s.zarr", identity, specs, "s.tar", SAMPLES_PER_SHARD)
+    if np.isfinite(value):  # the largest finite bf16 and a subnormal are kept
+        writer.append(batch)
+        writer.commit(skipped={})
+        assert contract.read_store_attrs(tmp_path / "s.zarr").num_samples == 4
+    else:
+        with pytest.raises(contract.ContractError, match="t5: non-finite values in samples 0..3"):
+            writer.append(batch)
+
+
 def test_verify_flags_a_store_of_zeros_by_its_statistics(written, tmp_path, capsys):
     ds = copy(written, tmp_path)
     victim = stores(ds)[17]

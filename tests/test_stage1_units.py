@@ -209,8 +209,10 @@ def test_tasks_cover_every_tar_once(tmp_path):
 
 def test_production_config_file_equals_the_defaults(monkeypatch):
     assert load_config(REPO / "configs/encode_cc12m.toml") == EncodeConfig()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert EncodeConfig().workers.resolved_decode() == 3  # Slurm's share, not the whole node
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
-    assert EncodeConfig().workers.resolved_decode() == 11  # Slurm's share, not the whole node
+    assert EncodeConfig().workers.resolved_decode() == 6  # capped: more would starve the store writers
     tiny = load_config(REPO / "configs/encode_tiny.toml", [("batch.size", "16"), ("image.jpeg_draft", "true")])
     assert (tiny.storage.dtype, tiny.batch.size, tiny.image.jpeg_draft) == ("float32", 16, True)
 
