@@ -201,7 +201,8 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
     encoders_factory = functools.cache(functools.partial(build_encoders, models, tokenizer_hashes))
 
     warm_tars = work / "warmup-tars"
-    write_sample_tars(warm_tars, shards=1, per_shard=min(2 * config.batch.size, 128), seed=10_000)
+    # Two full batches and a short one: every graph (full, padded and eager micro-batches) is built here.
+    write_sample_tars(warm_tars, shards=1, per_shard=3 * config.batch.size, seed=10_000)
     tars = write_tars(work / "tars", samples)
     log = io.StringIO()
     run_task(config, Task(str(warm_tars), work / "warmup", assets), encoders_factory, out=log)  # compiles
@@ -224,7 +225,8 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
         "samples": summary.samples, "tars": len(tars), "skipped": summary.skipped,
         "batch": dataclasses.asdict(config.batch), "decode_workers": config.workers.resolved_decode(),
         "storage_dtype": config.storage.dtype, "task_seconds": round(summary.seconds, 1),
-        "encode_seconds": round(summary.encode_seconds, 1),
+        "encode_seconds": round(summary.encode_seconds, 1), "drain_seconds": round(summary.drain_seconds, 1),
+        "stores_in_flight": config.workers.stores_in_flight,
     }
     return {
         "context": context,

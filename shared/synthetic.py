@@ -60,7 +60,7 @@ def write_synthetic_dataset(
         writer = StoreWriter(path, identity, specs, source, samples_per_shard)
         for start in range(0, samples_per_store, samples_per_shard):
             n = min(samples_per_shard, samples_per_store - start)
-            writer.append(_random_batch(identity, specs, n, f"{index:04d}", start, gen))
+            writer.append(random_batch(identity, specs, n, f"{index:04d}", start, gen))
         writer.commit(skipped={})
     return out
 
@@ -79,7 +79,10 @@ def _tensor(identity: Identity, spec: contract.ArraySpec, n: int, gen: torch.Gen
     return contract.to_storage(torch.randn((n, *spec.shape), generator=gen), identity.storage_dtype)
 
 
-def _random_batch(identity, specs, n, prefix, start, gen) -> dict[str, np.ndarray]:
+def random_batch(
+    identity: Identity, specs: dict[str, contract.ArraySpec], n: int, prefix: str, start: int, gen: torch.Generator
+) -> dict[str, np.ndarray]:
+    """``n`` samples of every array in ``specs``, keyed ``<prefix><start + i>``."""
     batch = {name: _tensor(identity, spec, n, gen) for name, spec in specs.items() if spec.is_tensor}
     # Log-variances of a trained AE are strongly negative; keep the synthetic ones plausible.
     batch["ae_logvar"] = contract.to_storage(

@@ -36,6 +36,8 @@ class Summary:
     """The whole task, loading the encoders included."""
     encode_seconds: float
     """From the first tar to the last commit: the steady rate is ``samples / encode_seconds``."""
+    drain_seconds: float
+    """From the last batch queued on the GPU to the last commit: the writing nothing overlapped."""
 
 
 class Progress:
@@ -61,6 +63,7 @@ class Progress:
         self._started = time.time()
         self._last_report = self._started
         self._samples = 0
+        self._last_encoded = self._started
         self._skipped: Counter[str] = Counter()
         self._already_done: set[str] = set()
         self._committed: set[str] = set()
@@ -84,6 +87,7 @@ class Progress:
 
     def encoded(self, samples: int) -> None:
         self._samples += samples
+        self._last_encoded = time.time()
 
     def skipped(self, reasons: Counter[str]) -> None:
         self._skipped.update(reasons)
@@ -115,14 +119,17 @@ class Progress:
         self._print(
             f"{state}: {len(self._committed)} stores committed, {len(self._already_done)} already there, "
             f"{self._samples:,} samples, skipped {{{skips}}}, {rate:.1f} samples/s, "
-            f"{timedelta(seconds=round(elapsed))}" + (f" — {message}" if message else "")
+            f"{timedelta(seconds=round(elapsed))}"
+            + (f" ({now - self._last_encoded:.1f} s of it writing after the last batch)" if state == "done" else "")
+            + (f" — {message}" if message else "")
         )
         self._write_heartbeat(now, state, rate, message)
 
     def summary(self, seconds: float) -> Summary:
+        now = time.time()
         return Summary(
             len(self._committed), len(self._already_done), self._samples, dict(self._skipped), seconds,
-            time.time() - self._started,
+            now - self._started, now - self._last_encoded,
         )
 
     def _eta(self, now: float) -> str:
