@@ -13,6 +13,7 @@ then in one run measures:
                             to last commit; the whole task's time is in the line too)
   encoders_ceiling          the same encoders on the same batch shapes, inputs already on the GPU
   e2e_over_ceiling          the ratio of the two
+  text_encoders_ceiling_…, ae_ceiling_…   T5-XXL + CLIP-L alone, and the AE alone, likewise
   bytes_per_sample_on_disk  committed stores' bytes per sample
   cc12m_hours_16_gpus       10,968,539 samples at the end-to-end rate on 16 GPUs
   first_batch_bit_identical 1 if the first tar's first batch, as stored, equals the same samples
@@ -117,8 +118,9 @@ def _write_one_tar(directory: Path, samples: int, seed: int) -> Path:
     return write_sample_tars(directory, shards=1, per_shard=samples, seed=seed)[0]
 
 
-def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_size: int) -> float:
-    """Samples/s of the bare encoders on full batches already on the device (same shapes as Stage 1's)."""
+def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_size: int) -> dict[str, float]:
+    """Samples/s of the bare encoders on full batches already on the device (same shapes as Stage 1's):
+    all of them (``all``), and the text encoders and the AE alone (to compare with single-model probes)."""
     size, device = encoder.batch.size, encoder.encoders.device
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [
@@ -127,18 +129,21 @@ def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_
          torch.randint(0, 256, (size, 3, image_size, image_size), device=device, generator=gen, dtype=torch.uint8))
         for _ in range(batches)
     ]
-
-    def run(batch) -> None:
-        encoder.encode_text(batch[0], batch[1])
-        encoder.encode_images(batch[2])
-
-    run(inputs[0])  # warm-up (compiled graphs are cached from the end-to-end run)
-    _sync(device)
-    start = time.perf_counter()
-    for batch in inputs:
-        run(batch)
-    _sync(device)
-    return batches * size / (time.perf_counter() - start)
+    runs = {
+        "all": lambda b: (encoder.encode_text(b[0], b[1]), encoder.encode_images(b[2])),
+        "text": lambda b: encoder.encode_text(b[0], b[1]),
+        "ae": lambda b: encoder.encode_images(b[2]),
+    }
+    rates = {}
+    for name, run in runs.items():
+        run(inputs[0])  # warm-up (compiled graphs are cached from the end-to-end run)
+        _sync(device)
+        start = time.perf_counter()
+        for batch in inputs:
+            run(batch)
+        _sync(device)
+        rates[name] = batches * size / (time.perf_counter() - start)
+    return rates
 
 
 def first_batch_bit_identical(encoder: BatchEncoder, config: EncodeConfig, tar: Path, dataset: Path, assets: Path) -> bool:
@@ -232,8 +237,10 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
         "context": context,
         "values": [
             ("e2e_samples_per_s", round(e2e, 2), "samples/s"),
-            ("encoders_ceiling_samples_per_s", round(ceiling, 2), "samples/s"),
-            ("e2e_over_ceiling", round(e2e / ceiling, 3), "ratio"),
+            ("encoders_ceiling_samples_per_s", round(ceiling["all"], 2), "samples/s"),
+            ("e2e_over_ceiling", round(e2e / ceiling["all"], 3), "ratio"),
+            ("text_encoders_ceiling_samples_per_s", round(ceiling["text"], 2), "samples/s"),
+            ("ae_ceiling_samples_per_s", round(ceiling["ae"], 2), "samples/s"),
             ("bytes_per_sample_on_disk", round(sum(s.stored_bytes for s in stores) / summary.samples), "bytes"),
             ("raw_bytes_per_sample", round(sum(s.raw_bytes for s in stores) / summary.samples), "bytes"),
             ("cc12m_hours_16_gpus", round(CC12M_SAMPLES / (e2e * 16) / 3600, 2), "hours"),

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,7 @@ class StoreWriter:
         self._buffered = 0
         self._written = 0
         self._hashers = {name: hashlib.sha256() for name in specs}
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="store-check")
         self._group = zarr.open_group(self.tmp_path, mode="w-")
         self._arrays = {name: self._create(spec) for name, spec in specs.items()}
 
@@ -92,19 +94,33 @@ class StoreWriter:
             self._flush(self.samples_per_shard)
 
     def _flush(self, count: int) -> None:
-        """Write the first ``count`` buffered samples as whole Zarr shards, in one call per array."""
+        """Write the first ``count`` buffered samples as whole Zarr shards, in one call per array.
+
+        The finite check and the checksums run on a thread while zarr compresses and writes: both
+        release the GIL, and done in turn they cost a writer a fifth of its time. A non-finite block is
+        thus written to the temporary before the error is raised; the temporary is never committed.
+        """
         start, stop = self._written, self._written + count
-        for name, array in self._arrays.items():
+        blocks = {}
+        for name in self._arrays:
             merged = np.concatenate(self._buffer[name]) if len(self._buffer[name]) > 1 else self._buffer[name][0]
-            block, rest = merged[:count], merged[count:]
+            blocks[name], rest = merged[:count], merged[count:]
             self._buffer[name] = [rest] if len(rest) else []
-            if self.specs[name].is_tensor and not _all_finite(block, self.identity.storage_dtype):
-                raise ContractError(f"{name}: non-finite values in samples {start}..{stop - 1} of {self.source}")
-            array.resize((stop, *array.shape[1:]))
-            array[start:stop] = block
-            contract.checksum_update(self._hashers[name], block)
+        checked = self._checker.submit(self._check_and_hash, blocks, start, stop)
+        try:
+            for name, array in self._arrays.items():
+                array.resize((stop, *array.shape[1:]))
+                array[start:stop] = blocks[name]
+        finally:
+            checked.result()
         self._written = stop
         self._buffered -= count
+
+    def _check_and_hash(self, blocks: dict[str, np.ndarray], start: int, stop: int) -> None:
+        for name, block in blocks.items():
+            if self.specs[name].is_tensor and not _all_finite(block, self.identity.storage_dtype):
+                raise ContractError(f"{name}: non-finite values in samples {start}..{stop - 1} of {self.source}")
+            contract.checksum_update(self._hashers[name], block)
 
     def commit(self, skipped: dict[str, int]) -> StoreAttrs:
         """Flush, verify, fsync and rename into place.
@@ -118,6 +134,7 @@ class StoreWriter:
         """
         if self._buffered:
             self._flush(self._buffered)
+        self._checker.shutdown()
         checksums = {name: "sha256:" + h.hexdigest() for name, h in self._hashers.items()}
         attrs = StoreAttrs(
             source=self.source,
@@ -147,6 +164,7 @@ class StoreWriter:
         return attrs
 
     def abort(self) -> None:
+        self._checker.shutdown(cancel_futures=True)
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
 
