@@ -1,7 +1,7 @@
 """Stage 1 on one GPU: end-to-end throughput (tars -> committed stores) against the bare encoders' ceiling.
 
-    python bench/stage1_encode.py [--samples 5000] [--no-compile] [--commit SHA] [--keep DIR]
-                                  [--config FILE] [--section.key value …]
+    python bench/stage1_encode.py [--samples 5000] [--samples-per-tar 500] [--no-compile] [--commit SHA]
+                                  [--keep DIR] [--config FILE] [--section.key value …]
     python bench/stage1_encode.py --device cpu     # smoke: tiny models, a few dozen samples
 
 Builds real-size T5-XXL, CLIP-L text and FLUX.1 AE with random weights in memory (no network, no weight
@@ -59,8 +59,8 @@ BENCH = "stage1_encode"
 REPO = Path(__file__).resolve().parents[1]
 CC12M_SAMPLES = 10_968_539
 SAMPLES_PER_TAR = 500
-"""Smaller than CC12M's ~5,000 so that, as in production, a task holds several tars per store writer and
-commits overlap the next tars' encoding (the last commit is the only one waited for)."""
+"""Default tar size: a tenth of CC12M's ~5,040, so a short run still crosses many tar boundaries (each
+ends in a short batch and a commit); ``--samples-per-tar 5040`` measures CC12M's own shape."""
 VALID_FRACTION = 7 / 8
 """The sample-data generator makes one sample in eight too small (skipped, as in production)."""
 
@@ -99,10 +99,10 @@ def build_encoders(models: str, tokenizer_hashes: dict, device: torch.device, dt
     )
 
 
-def write_tars(out: Path, valid_samples: int, seed: int = 0) -> list[Path]:
-    """Enough CC12M-style tars of ``SAMPLES_PER_TAR`` for ``valid_samples`` kept samples, generated in parallel."""
+def write_tars(out: Path, valid_samples: int, per_tar: int, seed: int = 0) -> list[Path]:
+    """Enough CC12M-style tars of ``per_tar`` samples for ``valid_samples`` kept ones, generated in parallel."""
     total = math.ceil(valid_samples / VALID_FRACTION)
-    sizes = [min(SAMPLES_PER_TAR, total - start) for start in range(0, total, SAMPLES_PER_TAR)]
+    sizes = [min(per_tar, total - start) for start in range(0, total, per_tar)]
     out.mkdir(parents=True)
     with ProcessPoolExecutor(max(1, min(len(sizes), (os.cpu_count() or 2) - 1))) as pool:
         parts = list(pool.map(_write_one_tar, [out / f"part-{i}" for i in range(len(sizes))], sizes,
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--models", choices=sorted(MODELS), help="default: real on cuda, tiny on cpu")
     parser.add_argument("--samples", type=int, help="valid samples encoded (default 5000 on cuda, 48 on cpu)")
+    parser.add_argument("--samples-per-tar", type=int, default=SAMPLES_PER_TAR, help="generated samples per tar")
     parser.add_argument("--ceiling-batches", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--config", type=Path, help="default: production settings on cuda, configs/encode_tiny.toml on cpu")
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-stage1-"))
     try:
-        figures = run_benchmark(config, models, samples, args.ceiling_batches, work)
+        figures = run_benchmark(config, models, samples, args.samples_per_tar, args.ceiling_batches, work)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batches: int, work: Path) -> dict:
+def run_benchmark(
+    config: EncodeConfig, models: str, samples: int, samples_per_tar: int, ceiling_batches: int, work: Path
+) -> dict:
     assets = write_tiny_assets(work / "assets")  # tokenizers (the models here are built in memory)
     hashes = assets_api.asset_hashes(assets)
     tokenizer_hashes = {k: v for k, v in hashes.items() if k.endswith("tokenizer")}
@@ -208,7 +211,7 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
     warm_tars = work / "warmup-tars"
     # Two full batches and a short one: every graph (full, padded and eager micro-batches) is built here.
     write_sample_tars(warm_tars, shards=1, per_shard=3 * config.batch.size, seed=10_000)
-    tars = write_tars(work / "tars", samples)
+    tars = write_tars(work / "tars", samples, samples_per_tar)
     log = io.StringIO()
     run_task(config, Task(str(warm_tars), work / "warmup", assets), encoders_factory, out=log)  # compiles
     summary = run_task(config, Task(str(work / "tars"), work / "dataset", assets), encoders_factory, out=log)
@@ -227,7 +230,7 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, ceiling_batch
     e2e = summary.samples / summary.encode_seconds
     context = {
         "models": models, "dtype": str(dtype).removeprefix("torch."), "compile": compiled,
-        "samples": summary.samples, "tars": len(tars), "skipped": summary.skipped,
+        "samples": summary.samples, "tars": len(tars), "samples_per_tar": samples_per_tar, "skipped": summary.skipped,
         "batch": dataclasses.asdict(config.batch), "decode_workers": config.workers.resolved_decode(),
         "storage_dtype": config.storage.dtype, "task_seconds": round(summary.seconds, 1),
         "encode_seconds": round(summary.encode_seconds, 1), "drain_seconds": round(summary.drain_seconds, 1),

@@ -1,6 +1,6 @@
 """Encode CC12M-format WebDataset tars into a Stage 1 dataset (one task of an array job, or all of it).
 
-    python -m stage1_encode --input DIR_OR_GLOB --output DATASET --assets ASSETS \
+    python -m stage1_encode --input DIR_OR_GLOB_OR_URL --output DATASET --assets ASSETS \
         [--config configs/encode_cc12m.toml] [--section.key value …] [--task-index I --num-tasks N]
 
 Task I of N encodes tars I, I+N, I+2N, … of the sorted input; a rerun skips committed stores.
@@ -28,7 +28,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, EncodeConfig]:
         prog="python -m stage1_encode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any config key can be overridden as --section.key value (e.g. --batch.size 128).",
     )
-    parser.add_argument("--input", required=True, help="directory of *.tar or a glob")
+    parser.add_argument(
+        "--input", required=True, help="directory of *.tar, a glob, or a URL: hf://datasets/pixparse/cc12m-wds streams"
+    )
     parser.add_argument("--output", required=True, type=Path, help="dataset directory")
     parser.add_argument("--assets", required=True, type=Path, help="FLUX.1-schnell assets directory")
     parser.add_argument("--config", type=Path, help="TOML config (default: built-in production settings)")

@@ -52,7 +52,7 @@ class Stage1Error(RuntimeError):
 @dataclass(frozen=True)
 class Task:
     input: str
-    """Directory of CC12M-format WebDataset tars, or a glob."""
+    """Directory of CC12M-format WebDataset tars, a glob, or an fsspec URL (``hf://datasets/…``)."""
     output: Path
     """The dataset directory."""
     assets: Path
@@ -144,12 +144,12 @@ def write_identity(task: Task, identity: Identity) -> None:
         ) from exc
 
 
-def _remove_stale(task: Task, tars: list[Path], config: EncodeConfig) -> None:
+def _remove_stale(task: Task, tars: list[sources.TarSource], config: EncodeConfig) -> None:
     """Temporaries of this task's stores (and of the empty prompt) that no live writer can own, and
     shared buffers of this host's killed tasks."""
     remove_orphaned_buffers()
     stale_after = config.run.stale_temporary_s
-    remove_stale_temporaries(contract.shards_dir(task.output), {contract.store_name(t) for t in tars}, stale_after)
+    remove_stale_temporaries(contract.shards_dir(task.output), {contract.store_name(t.name) for t in tars}, stale_after)
     remove_stale_temporaries(task.output, {contract.EMPTY_PROMPT_STORE}, stale_after)
 
 
@@ -170,7 +170,7 @@ def write_empty_prompt(dataset: Path, identity: Identity, empty: dict[str, torch
 def _encode_tars(
     config: EncodeConfig,
     task: Task,
-    tars: list[Path],
+    tars: list[sources.TarSource],
     workers: Workers,
     encoder: BatchEncoder,
     identity: Identity,
@@ -180,17 +180,18 @@ def _encode_tars(
     shards = contract.shards_dir(task.output)
     shards.mkdir(parents=True, exist_ok=True)
     progress = Progress(
-        task.output, task.task_index, task.num_tasks, {contract.store_name(t): t.stat().st_size for t in tars},
+        task.output, task.task_index, task.num_tasks, {contract.store_name(t.name): t.size for t in tars},
         config.run.progress_interval_s, out,
     )
     todo = []
     for tar in tars:
-        if (shards / contract.store_name(tar)).exists():
-            progress.already_done(contract.store_name(tar))
+        if (shards / contract.store_name(tar.name)).exists():
+            progress.already_done(contract.store_name(tar.name))
         else:
             todo.append(tar)
     progress.report()
     k = config.workers.stores_in_flight
+    pending = _Pending(todo)
     slots: list[_Slot] = []
     try:
         for i in range(min(k, len(todo))):
@@ -198,7 +199,7 @@ def _encode_tars(
                 str(task.output), identity, config.storage.samples_per_shard, config.batch.size,
                 _written_by(task, encoder), on_commit=lambda source, _attrs: progress.committed(contract.store_name(source)),
             )
-            feeder = _Feeder(todo[i::k], workers, config.workers.chunk, max(1, config.workers.prefetch_chunks // k))
+            feeder = _Feeder(pending, workers, config.workers.chunk, max(1, config.workers.prefetch_chunks // k))
             slots.append(_Slot(feeder, writer, encoder, progress, config.batch.size))
         active = slots
         while active:  # one batch (or tar boundary) per slot in turn: every store's writer stays busy
@@ -239,7 +240,7 @@ class _Slot:
         for kind, value in self._items:
             if kind == "start":
                 self.writer.begin(value.name)
-                self._progress.started(contract.store_name(value))
+                self._progress.started(contract.store_name(value.name))
                 self._skips = Counter()
             elif kind == "chunk":
                 self._count_skips(Counter(r.reason for r in value if isinstance(r, Skip)))
@@ -291,6 +292,19 @@ class _Stopped(Exception):
     pass
 
 
+class _Pending:
+    """The tars no feeder has taken yet. Each feeder takes the next when it has read its last, so the
+    slots end within about a tar of each other; which slot encodes a tar does not change its store."""
+
+    def __init__(self, tars: list[sources.TarSource]) -> None:
+        self._tars = iter(tars)
+        self._lock = threading.Lock()
+
+    def take(self) -> sources.TarSource | None:
+        with self._lock:
+            return next(self._tars, None)
+
+
 class _Feeder:
     """Reads tars in order on a thread and submits chunks of samples to the workers; at most ``depth``
     chunks are in flight, which bounds memory while reading ahead into the next tar.
@@ -298,7 +312,7 @@ class _Feeder:
     Iterating yields ``("start", tar)``, ``("chunk", results)`` … and ``("end", tar-level skips)`` per tar.
     """
 
-    def __init__(self, tars: list[Path], workers: Workers, chunk: int, depth: int) -> None:
+    def __init__(self, tars: _Pending, workers: Workers, chunk: int, depth: int) -> None:
         self._tars, self._workers, self._chunk = tars, workers, chunk
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -320,7 +334,7 @@ class _Feeder:
 
     def _run(self) -> None:
         try:
-            for tar in self._tars:
+            for tar in iter(self._tars.take, None):
                 self._put("start", tar)
                 tar_skips: Counter[str] = Counter()
                 chunk = []

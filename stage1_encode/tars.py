@@ -15,7 +15,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator, Protocol
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 """Image members, in order of preference when one sample has several."""
@@ -47,9 +47,19 @@ class Skip:
     reason: str
 
 
-def read_tar(path: str | os.PathLike) -> Iterator[RawSample | Skip]:
-    """Samples of ``path`` in tar order, interleaved with ``Skip`` items for problems."""
-    path = Path(path)
+class TarFile(Protocol):
+    """What ``read_tar`` needs of a tar: a name and a seekable binary ``open("rb")`` (a ``Path`` has both)."""
+
+    name: str
+
+    def open(self, mode: str) -> IO[bytes]: ...
+
+
+def read_tar(source: TarFile | str | os.PathLike) -> Iterator[RawSample | Skip]:
+    """Samples of ``source`` (a path, or a ``sources.TarSource``) in tar order, interleaved with ``Skip``
+    items for problems. The tar is read once, front to back, so a remote one streams."""
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source)
     seen: set[str] = set()
     current: RawSample | None = None
 
@@ -62,7 +72,7 @@ def read_tar(path: str | os.PathLike) -> Iterator[RawSample | Skip]:
             seen.add(sample.key)
             yield sample
 
-    with open(path, "rb") as f:
+    with source.open("rb") as f:
         try:
             with tarfile.open(fileobj=f, mode="r|") as tar:
                 for member in tar:
@@ -79,18 +89,17 @@ def read_tar(path: str | os.PathLike) -> Iterator[RawSample | Skip]:
                     current.members[ext] = data
         except (tarfile.TarError, EOFError):
             yield from finish(current)
-            yield Skip(path.name, "truncated_tar")
+            yield Skip(source.name, "truncated_tar")
             return
-    yield from finish(current)
-    if not _ends_with_marker(path):
-        yield Skip(path.name, "truncated_tar")
+        yield from finish(current)
+        if not _ends_with_marker(f):
+            yield Skip(source.name, "truncated_tar")
 
 
-def _ends_with_marker(path: Path) -> bool:
+def _ends_with_marker(f: IO[bytes]) -> bool:
     """A whole tar ends with two zero blocks; a copy cut at a member boundary does not."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < len(_END_MARKER):
-            return False
-        f.seek(-len(_END_MARKER), os.SEEK_END)
-        return f.read() == _END_MARKER
+    f.seek(0, os.SEEK_END)
+    if f.tell() < len(_END_MARKER):
+        return False
+    f.seek(-len(_END_MARKER), os.SEEK_END)
+    return f.read() == _END_MARKER

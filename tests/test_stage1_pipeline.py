@@ -24,6 +24,7 @@ from shared.encoders import AssetsError
 from shared.store import verify_store
 from stage1_encode.config import load_config
 from stage1_encode.pipeline import Stage1Error, Task, run_task
+from stage1_encode.sources import SourcesError
 from test_stage1_units import image_bytes
 
 pytest_plugins = ["fixtures_assets"]
@@ -260,3 +261,56 @@ def test_full_disk_fails_cleanly_and_a_rerun_completes(tiny_assets, tmp_path):
     assert rerun.returncode == 0, rerun.stdout
     assert list(verified_stores(dataset)) == ["cc12m-train-0000.zarr"]
     assert [p.state for p in contract.read_progress(dataset)] == ["done"]
+
+
+# --------------------------------------------------------------------------- streamed input (#10)
+
+
+@pytest.fixture
+def remote_tars(tmp_path):
+    """Four tars on a non-local fsspec filesystem (``memory://``): the code path ``hf://`` streams through."""
+    import fsspec
+
+    local = tmp_path / "tars"
+    write_sample_tars(local, shards=4, per_shard=6)
+    fs = fsspec.filesystem("memory")
+    root = f"/stream-{tmp_path.name}"
+    for tar in sorted(local.iterdir()):
+        fs.pipe(f"{root}/{tar.name}", tar.read_bytes())
+    fs.pipe(f"{root}/README.md", b"not a tar")
+    yield local, f"memory://{root}"
+    fs.rm(root, recursive=True)
+
+
+def test_streamed_input_split_over_tasks_equals_the_local_run(tiny_assets, tmp_path, remote_tars):
+    local, url = remote_tars
+    config = load_config(TINY_CONFIG, [("workers.decode", "0")])
+    run_task(config, Task(str(local), tmp_path / "local", tiny_assets))
+    summaries = [run_task(config, Task(url, tmp_path / "streamed", tiny_assets, i, 2)) for i in range(2)]
+
+    assert [s.stores_committed for s in summaries] == [2, 2]  # tars 0, 2 and 1, 3: no overlap, none missed
+    ours, theirs = verified_stores(tmp_path / "streamed"), verified_stores(tmp_path / "local")
+    assert sorted(ours) == sorted(theirs) == [f"cc12m-train-{i:04d}.zarr" for i in range(4)]
+    for name in ours:
+        assert ours[name].checksums == theirs[name].checksums and ours[name].source == theirs[name].source
+
+
+def test_a_truncated_streamed_tar_keeps_its_whole_samples(tiny_assets, tmp_path, remote_tars):
+    import fsspec
+
+    _, url = remote_tars
+    fs, root = fsspec.core.url_to_fs(url)
+    whole = fs.cat(f"{root}/cc12m-train-0003.tar")
+    fs.pipe(f"{root}/cc12m-train-0003.tar", whole[: len(whole) * 2 // 3])
+    config = load_config(TINY_CONFIG, [("workers.decode", "0")])
+    run_task(config, Task(url, tmp_path / "ds", tiny_assets, 3, 4))
+    attrs = contract.read_store_attrs(contract.shards_dir(tmp_path / "ds") / "cc12m-train-0003.zarr")
+    assert attrs.skipped.get("truncated_tar") == 1 and 0 < attrs.num_samples < 6
+
+
+def test_an_unreachable_hub_is_one_clear_error(tiny_assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # CI has no route to the Hub; offline mode fails the same way, at once
+    config = load_config(TINY_CONFIG, [("workers.decode", "0")])
+    with pytest.raises(SourcesError, match="hf://datasets/pixparse/cc12m-wds: cannot list the input tars") as caught:
+        run_task(config, Task("hf://datasets/pixparse/cc12m-wds", tmp_path / "ds", tiny_assets))
+    assert "\n" not in str(caught.value) and not (tmp_path / "ds").exists()

@@ -194,9 +194,10 @@ def test_tasks_cover_every_tar_once(tmp_path):
     (tmp_path / "notes.txt").write_text("not a tar")
     tars = sources.list_tars(tmp_path)
     assert tars == sources.list_tars(str(tmp_path / "cc12m-*.tar")) and len(tars) == 7
+    assert [t.url for t in tars] == [str(tmp_path / f"cc12m-train-{i:04d}.tar") for i in range(7)]
     for n in (1, 2, 3, 7, 9):
         parts = [sources.task_tars(tars, i, n) for i in range(n)]
-        assert sorted(p for part in parts for p in part) == tars
+        assert sorted((t for part in parts for t in part), key=lambda t: t.name) == tars
         assert parts[0][:2] == tars[0 : 2 * n : n][:2]
     with pytest.raises(sources.SourcesError, match="outside"):
         sources.task_tars(tars, 3, 3)

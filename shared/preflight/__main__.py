@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stage", choices=("encode", "train"), help="default: from the config's sections")
     parser.add_argument("--config", type=Path, help="Stage 1 TOML, or Stage 2's TorchTitan TOML")
-    parser.add_argument("--input", help="encode: directory or glob of input tars")
+    parser.add_argument("--input", help="encode: directory, glob or URL (hf://datasets/…) of input tars")
     parser.add_argument("--output", type=Path, help="encode: the dataset; train: the dump folder")
     parser.add_argument("--assets", type=Path, help="encode: FLUX.1-schnell assets directory")
     parser.add_argument("--dataset", type=Path, help="train: the Stage 1 dataset (--training.dataset_path)")

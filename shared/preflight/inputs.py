@@ -11,7 +11,7 @@ from shared.contract import ContractError
 from shared.encoders import AssetsError, asset_hashes, cached_asset_hashes
 from shared.inspect.report import size
 from shared.preflight.table import FAIL, OK, WARN, Row
-from stage1_encode.sources import SourcesError, list_tars
+from stage1_encode.sources import SourcesError, TarSource, list_tars
 
 if TYPE_CHECKING:
     from torchtitan.config import JobConfig
@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 Hashes = dict[str, dict[str, str]]
 
 
-def input_row(spec: str) -> tuple[Row, list[Path]]:
-    """Stage 1's own listing of ``--input``, and the tars it found."""
+def input_row(spec: str) -> tuple[Row, list[TarSource]]:
+    """Stage 1's own listing of ``--input`` (local or streamed), and the tars it found."""
     try:
         tars = list_tars(spec)
     except SourcesError as e:
         return Row("input", FAIL, str(e)), []
-    return Row("input", OK, f"{len(tars):,} tars, {size(sum(p.stat().st_size for p in tars))} in {spec}"), tars
+    return Row("input", OK, f"{len(tars):,} tars, {size(sum(t.size for t in tars))} in {spec}"), tars
 
 
 def assets_row(assets: Path, rehash: bool) -> tuple[Row, Hashes | None]:

@@ -7,12 +7,15 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import contract
 from shared.contract import ContractError
 from shared.inspect.report import size
 from shared.preflight.table import FAIL, OK, WARN, Row
+
+if TYPE_CHECKING:
+    from stage1_encode.sources import TarSource
 
 COMPRESSION = 1.4
 """Lossless ratio of blosc-zstd on real T5 activations (notes/zarr-layout.md: 1.43); the stored size of
@@ -54,7 +57,7 @@ def raw_bytes_per_sample(image_size: int, t5_max_length: int, storage_dtype: str
     return itemsize * (t5_max_length * t5_dim + clip_dim + 2 * ae.z_channels * latent * latent)
 
 
-def dataset_space_row(dataset: Path, tars: list[Path], free: int, raw_per_sample: float | None) -> Row:
+def dataset_space_row(dataset: Path, tars: list[TarSource], free: int, raw_per_sample: float | None) -> Row:
     """Room for the stores Stage 1 has yet to write: measured on the dataset's committed stores when
     there are any, else the config's tensor sizes (compressed 1.4x) times the samples the tars hold."""
     stores = contract.committed_store_paths(dataset)
@@ -67,7 +70,7 @@ def dataset_space_row(dataset: Path, tars: list[Path], free: int, raw_per_sample
     elif raw_per_sample is None:
         return Row("output space", WARN, f"{size(free)} free; no estimate (assets unreadable)")
     else:
-        samples = sum(math.ceil(_file_size(t) / INPUT_BYTES_PER_SAMPLE) for t in todo)
+        samples = sum(math.ceil(t.size / INPUT_BYTES_PER_SAMPLE) for t in todo)
         per_sample = raw_per_sample / COMPRESSION
         needed, basis = samples * per_sample, f"~{samples:,} samples in {len(todo):,} tar(s) x {size(per_sample)}"
     return space_row("output space", needed, free, basis)
@@ -94,13 +97,6 @@ def space_row(label: str, needed: float, free: int, basis: str) -> Row:
 
 def _config_value(folder: Path, key: str) -> Any:
     return json.loads((folder / "config.json").read_text())[key]
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _stored_bytes(store: Path) -> int:
