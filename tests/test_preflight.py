@@ -1,5 +1,5 @@
-"""``python -m shared.preflight``: each check alone (CPU machine, GPU counts and Slurm variables given),
-then whole stages on tiny assets, real tars and datasets in the Stage 1 format."""
+"""``python -m stage1_encode.preflight`` and ``python -m stage2_train.preflight``: each check alone (CPU
+machine, GPU counts and Slurm variables given), then whole stages on tiny assets, real tars and datasets in the Stage 1 format."""
 
 import re
 import shutil
@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from shared import contract, encoders
-from shared.inspect.report import size
-from shared.preflight import stages, system
-from shared.preflight.__main__ import main
+from shared.preflight import system
 from shared.preflight.system import Cluster
 from shared.preflight.table import FAIL, OK, WARN, Row, render
+from shared.units import size
+from stage1_encode import preflight as encode_preflight
+from stage1_encode.preflight import main as encode_main
+from stage2_train import preflight as train_preflight
+from stage2_train.preflight import main as train_main
 from test_stage2_helpers import write_tiny_dataset
 
 pytest_plugins = ["fixtures_assets"]
@@ -159,9 +162,9 @@ def encode_inputs(tiny_assets, tmp_path):
 
 @CPU_ONLY
 def test_encode_stage(encode_inputs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(stages, "free_bytes", lambda path: 100 << 30)
+    monkeypatch.setattr(encode_preflight, "free_bytes", lambda path: 100 << 30)
     tiny = ["--config", str(REPO / "configs" / "encode_tiny.toml"), *encode_inputs]
-    assert main(tiny) == 0
+    assert encode_main(tiny) == 0
     rows = table(capsys.readouterr().out)
     assert list(rows) == ["python", "torch", "torchtitan", "config", "GPUs", "input", "assets", "output", "output space"]
     assert rows["GPUs"] == (OK, "encoders.device = cpu; no CUDA device is visible")
@@ -172,20 +175,20 @@ def test_encode_stage(encode_inputs, tmp_path, capsys, monkeypatch):
     assert space_status == OK
     assert re.fullmatch(r"100 GiB free, [\d.]+ KiB needed: ~\d+ samples in 2 tar\(s\) x 114 KiB", space_detail)
     # --hash hashes once and fills the cache; later runs read it.
-    assert main([*tiny, "--hash"]) == 0 and table(capsys.readouterr().out)["assets"][0] == OK
+    assert encode_main([*tiny, "--hash"]) == 0 and table(capsys.readouterr().out)["assets"][0] == OK
     hashed = []
     monkeypatch.setattr(encoders, "_sha256", lambda path: hashed.append(path))
-    assert main(tiny) == 0 and table(capsys.readouterr().out)["assets"][0] == OK and hashed == []
+    assert encode_main(tiny) == 0 and table(capsys.readouterr().out)["assets"][0] == OK and hashed == []
 
     # The production config on this CPU machine: encoders.device "auto" warns, "cuda" fails.
-    assert main(encode_inputs) == 0 and table(capsys.readouterr().out)["GPUs"][0] == WARN
-    assert main([*encode_inputs, "--encoders.device", "cuda"]) == 1
+    assert encode_main(encode_inputs) == 0 and table(capsys.readouterr().out)["GPUs"][0] == WARN
+    assert encode_main([*encode_inputs, "--encoders.device", "cuda"]) == 1
     assert table(capsys.readouterr().out)["GPUs"] == (FAIL, "encoders.device = cuda, but no CUDA device is visible")
-    assert main([*encode_inputs, "--batch.t5", "7"]) == 1
+    assert encode_main([*encode_inputs, "--batch.t5", "7"]) == 1
     assert table(capsys.readouterr().out)["config"] == (FAIL, "batch.t5 must divide batch.size (256)")
 
-    monkeypatch.setattr(stages, "free_bytes", lambda path: 1 << 10)
-    assert main(tiny) == 1 and table(capsys.readouterr().out)["output space"][0] == FAIL
+    monkeypatch.setattr(encode_preflight, "free_bytes", lambda path: 1 << 10)
+    assert encode_main(tiny) == 1 and table(capsys.readouterr().out)["output space"][0] == FAIL
 
 
 def test_encode_stage_refusals(encode_inputs, tmp_path, capsys):
@@ -195,26 +198,26 @@ def test_encode_stage_refusals(encode_inputs, tmp_path, capsys):
     args = ["--config", str(REPO / "configs" / "encode_tiny.toml"), *encode_inputs]
     args[args.index("--input") + 1] = str(tmp_path / "empty")
     args[args.index("--output") + 1] = str(tmp_path / "file" / "dataset")
-    assert main(args) == 1
+    assert encode_main(args) == 1
     rows = table(capsys.readouterr().out)
     assert rows["input"][0] == rows["assets"][0] == rows["output"][0] == FAIL
     assert "no input tars found" in rows["input"][1]
     assert "tokenizer/vocab.json: missing" in rows["assets"][1]
     assert rows["output"][1] == f"{tmp_path / 'file'} is not a directory"
     with pytest.raises(SystemExit):
-        main(["--stage", "encode", "--input", str(tmp_path)])
+        encode_main(["--input", str(tmp_path)])
     assert "the encode stage needs --output, --assets" in capsys.readouterr().err
 
 
 def test_encode_onto_an_existing_dataset(encode_inputs, tmp_path, capsys, monkeypatch):
     """Stores already there count by their measured size; other encoders than the dataset's fail."""
-    monkeypatch.setattr(stages, "free_bytes", lambda path: 100 << 30)
+    monkeypatch.setattr(encode_preflight, "free_bytes", lambda path: 100 << 30)
     dataset = write_tiny_dataset(tmp_path / "dataset")  # stores synthetic-0000, -0001; encoders {}
     tars = tmp_path / "tars"
     for name in ("synthetic-0000.tar", "synthetic-0001.tar", "synthetic-0002.tar"):
         shutil.copy(tars / "cc12m-train-0000.tar", tars / name)
     stored = [contract.read_store_attrs(p).stored_bytes for p in contract.committed_store_paths(dataset)]
-    assert main(["--config", str(REPO / "configs" / "encode_tiny.toml"), *encode_inputs, "--hash"]) == 1
+    assert encode_main(["--config", str(REPO / "configs" / "encode_tiny.toml"), *encode_inputs, "--hash"]) == 1
     rows = table(capsys.readouterr().out)
     assert rows["output space"][1].endswith(f"3 tar(s) x {size(sum(stored) / 2)} (mean of 2 committed stores)")
     assert rows["dataset encoders"][0] == FAIL and "was encoded with other files: ae.safetensors, " in rows["dataset encoders"][1]
@@ -227,18 +230,18 @@ def test_encode_onto_an_existing_dataset(encode_inputs, tmp_path, capsys, monkey
 def test_train_stage(tmp_path, capsys, monkeypatch):
     dataset = write_tiny_dataset(tmp_path / "dataset")
     tiny = ["--config", str(REPO / "configs" / "flux_tiny.toml"), "--dataset", str(dataset), "--output", str(tmp_path / "dump")]
-    assert main(tiny) == 0
+    assert train_main(tiny) == 0
     rows = table(capsys.readouterr().out)
     assert list(rows) == ["python", "torch", "torchtitan", "config", "GPUs", "GLOO_SOCKET_IFNAME", "rendezvous", "dataset", "output"]
     assert rows["GPUs"] == (OK, "no CUDA device is visible: CPU/gloo run of flux-tiny (257 k parameters) for shard auto")
     assert rows["dataset"][1].startswith(f"{dataset}: identity {contract.read_identity(dataset).digest()} fits flux-tiny")
 
     # The production job on this machine, as slurm/train.sbatch would run it on two nodes.
-    monkeypatch.setattr(stages, "free_bytes", lambda path: 1 << 40)
+    monkeypatch.setattr(train_preflight, "free_bytes", lambda path: 1 << 40)
     monkeypatch.setenv("SLURM_NNODES", "2")
     schnell = ["--job.config_file", str(REPO / "configs" / "flux_schnell.toml"), "--training.dataset_path", str(dataset),
                "--job.dump_folder", str(tmp_path / "dump")]
-    assert main(schnell) == 1
+    assert train_main(schnell) == 1
     rows = table(capsys.readouterr().out)
     assert rows["GPUs"] == (
         FAIL, "flux-schnell (11.9 G parameters) needs GPUs for replicate 2 x shard 8, but no CUDA device is visible"
@@ -250,21 +253,21 @@ def test_train_stage(tmp_path, capsys, monkeypatch):
 
 def test_train_stage_refusals(tmp_path, capsys):
     tiny = str(REPO / "configs" / "flux_tiny.toml")
-    assert main(["--config", tiny, "--training.dataset_path", ""]) == 1
+    assert train_main(["--config", tiny, "--training.dataset_path", ""]) == 1
     assert table(capsys.readouterr().out)["dataset"] == (FAIL, "no dataset: give --dataset DIR (or --training.dataset_path)")
-    assert main(["--config", tiny, "--dataset", str(tmp_path)]) == 1
+    assert train_main(["--config", tiny, "--dataset", str(tmp_path)]) == 1
     assert table(capsys.readouterr().out)["dataset"][1] == f"{tmp_path}: {tmp_path} is not a dataset: dataset.json is missing"
-    assert main(["--config", tiny, "--model.flavor", "flux-huge"]) == 1
+    assert train_main(["--config", tiny, "--model.flavor", "flux-huge"]) == 1
     assert "unknown model.flavor 'flux-huge'" in table(capsys.readouterr().out)["config"][1]
     with pytest.raises(SystemExit):
-        main(["--stage", "train"])
+        train_main([])
     assert "the train stage needs --config FILE" in capsys.readouterr().err
 
 
 def test_command_line(encode_inputs, tmp_path):
     """A fresh interpreter, as the sbatch scripts run it: exit 1 on a FAIL, table on stdout."""
     args = [*encode_inputs, "--encoders.device", "cuda", "--image.size", "100"]
-    result = subprocess.run([sys.executable, "-m", "shared.preflight", *args], cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "stage1_encode.preflight", *args], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1, result.stderr
     assert table(result.stdout)["config"] == (FAIL, "image.size must be a positive multiple of 16")

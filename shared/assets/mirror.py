@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from shared.assets.hub import FetchError
-from shared.inspect.report import duration, size
+from shared.units import duration, size
 
 STAGING = ".download"
 """Hidden folder of ``out`` holding downloads in progress (same filesystem: the final rename is atomic)."""

@@ -1,11 +1,7 @@
-"""Check in seconds what would otherwise fail a long Slurm job hours in; print one table, exit 1 on any FAIL.
+"""The checks both stages' preflights share: software versions, GPUs, the network between nodes, room
+and permission to write, and the table they print as.
 
-    python -m shared.preflight --stage encode --input TARS --output DATASET --assets DIR [--config FILE]
-        [--hash] [--section.key value …]            the arguments of python -m stage1_encode
-    python -m shared.preflight --stage train --config FILE [--dataset DIR] [--output DUMP_FOLDER]
-        [--section.key value …]                     TorchTitan's overrides, as python -m stage2_train
-
-Every check is a small function that returns one ``Row`` (``table``); ``stages`` picks the checks of a
-stage. Nothing hashes the 10 GB of weights unless ``--hash`` asks: digests come from the cache that
-``shared.encoders.asset_hashes`` keeps.
+Each stage owns its command and its own checks (what it reads, what it writes) and builds them from
+these rows. Every check is a small function that returns one ``Row`` (``table``), so a test can call
+it alone with the machine's facts given.
 """

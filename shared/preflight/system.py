@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
+
+import torch
 
 from shared.preflight.table import FAIL, OK, WARN, Row
 
@@ -36,6 +39,15 @@ class Cluster:
 
 
 # --------------------------------------------------------------------------- versions
+
+
+def version_rows() -> list[Row]:
+    """Python, torch and TorchTitan as installed here: the first rows of every preflight."""
+    return [
+        python_row(tuple(sys.version_info[:3])),
+        torch_row(torch.__version__, torch.version.cuda),
+        torchtitan_row(installed_version("torchtitan")),
+    ]
 
 
 def python_row(version: tuple[int, ...]) -> Row:
