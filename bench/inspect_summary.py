@@ -27,8 +27,9 @@ import zarr
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 
 from bench.common import REPO, emit
-from shared import contract
-from shared.contract import Identity, TaskProgress
+from shared import contract, heartbeat
+from shared.contract import Identity
+from shared.heartbeat import Heartbeat
 from shared.synthetic import write_synthetic_dataset
 
 TEMPLATES = 4
@@ -56,7 +57,7 @@ def build(out: Path, stores: int, tasks: int) -> None:
     now = time.time()
     for i in range(tasks):
         sources = [contract.store_name(f"{n}.tar") for n in names[i::tasks]]
-        contract.write_progress(out, TaskProgress(
+        heartbeat.write_heartbeat(out, Heartbeat(
             task_index=i, num_tasks=tasks, sources=sources, state="done", started_at=now - 3600, updated_at=now,
             stores_done=len(sources), samples_done=8 * len(sources), samples_per_second=180.0,
         ))

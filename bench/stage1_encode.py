@@ -44,6 +44,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit  # noqa: E402
+from shared import torch_storage
 from shared import contract  # noqa: E402
 from shared import encoders as assets_api  # noqa: E402
 from shared.assets import write_sample_tars, write_tiny_assets  # noqa: E402
@@ -158,7 +159,7 @@ def first_batch_bit_identical(encoder: BatchEncoder, config: EncodeConfig, tar: 
     storage_dtype = contract.read_identity(dataset).storage_dtype
     same_keys = list(store["key"][: len(batch)]) == [p.key for p in batch]
     return same_keys and all(
-        np.array_equal(contract.to_storage(t, storage_dtype), store[name][: len(batch)]) for name, t in tensors.items()
+        np.array_equal(torch_storage.to_storage(t, storage_dtype), store[name][: len(batch)]) for name, t in tensors.items()
     )
 
 

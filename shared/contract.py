@@ -10,9 +10,9 @@ A *dataset* is a directory::
       empty_prompt.zarr/           T5 and CLIP encodings of the empty caption (one sample)
       shards/<input-tar-stem>.zarr one Zarr v3 store per input tar, complete by definition
       shards/.<stem>.zarr.tmp-*    a store being written (or left by a killed task)
-      progress/task-<i>.json       heartbeat of Stage 1 array task i (see ``TaskProgress``)
+      progress/task-<i>.json       heartbeat of Stage 1 array task i (see ``shared.heartbeat``)
 
-A *prompt set* (``python -m stage1_encode.prompts``) holds text encodings only, for Stage 2 to sample
+A *prompt set* (Stage 1's ``prompts`` command) holds text encodings only, for Stage 2 to sample
 images from while it trains without the text encoders::
 
     <prompt-set>/
@@ -22,7 +22,7 @@ images from while it trains without the text encoders::
 
 It fits a dataset whose text encoders, tokenizers and T5 length are its own (``text_encoder_differences``).
 
-Each store holds arrays whose first axis is the sample (``ARRAYS``). Tensors are stored as
+Each store holds arrays whose first axis is the sample (``array_specs``). Tensors are stored as
 ``uint16`` views of bfloat16 (zarr has no bfloat16) or as float32 (exact tests), chunk = 1 sample,
 grouped into Zarr shards of ``samples_per_shard`` samples so a parallel filesystem sees few large
 files. Every chunk carries a CRC32C, so a flipped byte fails the read of that sample instead of
@@ -39,7 +39,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +61,13 @@ CLIP_TOKENS = 77
 """CLIP's context length; TorchTitan pads and truncates CLIP captions to it."""
 
 STORAGE_DTYPES = ("bfloat16", "float32")
+
+# Array names: the only place they are spelled (``array_specs`` says what each holds).
+T5, CLIP, AE_MEAN, AE_LOGVAR = "t5", "clip", "ae_mean", "ae_logvar"
+KEY, CAPTION, ORIGINAL_SIZE, CROP_BOX = "key", "caption", "original_size", "crop_box"
+PROMPT = "prompt"
+TENSORS = (T5, CLIP, AE_MEAN, AE_LOGVAR)
+"""The per-sample tensors, which are all a training step reads of a sample."""
 
 
 class ContractError(RuntimeError):
@@ -162,14 +169,14 @@ def array_specs(identity: Identity) -> dict[str, ArraySpec]:
         return ArraySpec(name, shape, stored, identity.storage_dtype, is_tensor=True)
 
     specs = [
-        tensor("t5", (identity.t5_max_length, identity.t5_dim)),
-        tensor("clip", (identity.clip_dim,)),
-        tensor("ae_mean", latent),
-        tensor("ae_logvar", latent),
-        ArraySpec("key", (), "str", "str"),
-        ArraySpec("caption", (), "str", "str"),
-        ArraySpec("original_size", (2,), "int32", "int32"),
-        ArraySpec("crop_box", (4,), "int32", "int32"),
+        tensor(T5, (identity.t5_max_length, identity.t5_dim)),
+        tensor(CLIP, (identity.clip_dim,)),
+        tensor(AE_MEAN, latent),
+        tensor(AE_LOGVAR, latent),
+        ArraySpec(KEY, (), "str", "str"),
+        ArraySpec(CAPTION, (), "str", "str"),
+        ArraySpec(ORIGINAL_SIZE, (2,), "int32", "int32"),
+        ArraySpec(CROP_BOX, (4,), "int32", "int32"),
     ]
     return {s.name: s for s in specs}
 
@@ -177,12 +184,12 @@ def array_specs(identity: Identity) -> dict[str, ArraySpec]:
 def empty_prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
     """The empty caption's encodings: same tensors as a store's ``t5``/``clip``, one sample."""
     specs = array_specs(identity)
-    return {name: specs[name] for name in ("t5", "clip")}
+    return {name: specs[name] for name in (T5, CLIP)}
 
 
 def prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
     """A prompt set's ``prompts.zarr``: a store's ``t5``/``clip`` plus the prompt's text."""
-    return {**empty_prompt_specs(identity), "prompt": ArraySpec("prompt", (), "str", "str")}
+    return {**empty_prompt_specs(identity), PROMPT: ArraySpec(PROMPT, (), "str", "str")}
 
 
 TEXT_ENCODERS = ("t5", "clip", "t5_tokenizer", "clip_tokenizer")
@@ -212,15 +219,15 @@ def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
 
 
 ARRAY_DOCS = {
-    "t5": "T5 last_hidden_state over all max_length positions (no attention mask, as TorchTitan)",
-    "clip": "CLIP-L pooler_output over 77 tokens",
-    "ae_mean": "AE encoder posterior mean, before scale/shift",
-    "ae_logvar": "AE encoder posterior log-variance",
-    "key": "WebDataset sample key (unique within a store)",
-    "caption": "caption text as tokenized",
-    "original_size": "decoded image (width, height) before resizing",
-    "crop_box": "(left, top, right, bottom) of the square crop in the resized image",
-    "prompt": "prompt text, one line of the prompts file",
+    T5: "T5 last_hidden_state over all max_length positions (no attention mask, as TorchTitan)",
+    CLIP: "CLIP-L pooler_output over 77 tokens",
+    AE_MEAN: "AE encoder posterior mean, before scale/shift",
+    AE_LOGVAR: "AE encoder posterior log-variance",
+    KEY: "WebDataset sample key (unique within a store)",
+    CAPTION: "caption text as tokenized",
+    ORIGINAL_SIZE: "decoded image (width, height) before resizing",
+    CROP_BOX: "(left, top, right, bottom) of the square crop in the resized image",
+    PROMPT: "prompt text, one line of the prompts file",
 }
 
 
@@ -251,59 +258,6 @@ class StoreAttrs:
             raise ContractError(f"store schema version {data.get('schema_version')} != {SCHEMA_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class TaskProgress:
-    """Heartbeat of one Stage 1 task, rewritten atomically every few seconds and at the end.
-
-    The union of every task's ``sources`` is the set of stores a finished dataset must hold; a
-    ``running`` task whose ``updated_at`` is old is stale (killed, or its node died).
-    """
-
-    task_index: int
-    num_tasks: int
-    sources: list[str]
-    """Store names this task is responsible for."""
-    state: str
-    """``running``, ``done`` or ``failed``."""
-    started_at: float
-    updated_at: float
-    stores_done: int = 0
-    samples_done: int = 0
-    samples_per_second: float = 0.0
-    current_source: str | None = None
-    host: str = ""
-    slurm_job: str | None = None
-    message: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TaskProgress":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def progress_path(dataset: str | os.PathLike, task_index: int) -> Path:
-    return Path(dataset) / PROGRESS_DIR / f"task-{task_index:05d}.json"
-
-
-def write_progress(dataset: str | os.PathLike, progress: TaskProgress) -> None:
-    """Atomically replace a task's heartbeat file."""
-    path = progress_path(dataset, progress.task_index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_INFIX}{os.getpid()}")
-    tmp.write_text(json.dumps(progress.to_dict(), sort_keys=True))
-    os.replace(tmp, path)
-
-
-def read_progress(dataset: str | os.PathLike) -> list[TaskProgress]:
-    root = Path(dataset) / PROGRESS_DIR
-    if not root.is_dir():
-        return []
-    return [TaskProgress.from_dict(json.loads(p.read_text())) for p in sorted(root.glob("task-*.json"))]
 
 
 # --------------------------------------------------------------------------- paths
@@ -422,43 +376,8 @@ def checksum(values: np.ndarray) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def to_storage(tensor: "Any", storage_dtype: str) -> np.ndarray:
-    """torch tensor -> numpy array as stored (bf16 as its uint16 bit pattern)."""
-    import torch
-
-    t = tensor.detach().to("cpu")
-    if storage_dtype == "bfloat16":
-        return t.to(torch.bfloat16).contiguous().view(torch.uint16).numpy()
-    return t.to(torch.float32).contiguous().numpy()
-
-
-def from_storage(values: np.ndarray, storage_dtype: str) -> "Any":
-    """Stored numpy array -> torch tensor of the logical dtype (zero-copy for bf16)."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(values))
-    if storage_dtype == "bfloat16":
-        return t.view(torch.bfloat16)
-    return t
-
-
 def shard_count(num_samples: int, samples_per_shard: int) -> int:
     return math.ceil(num_samples / samples_per_shard) if num_samples else 0
-
-
-def chunk_codecs(spec: ArraySpec) -> dict[str, Any]:
-    """Codecs for one array: lossless blosc-zstd with bit-shuffle (measured best ratio, ~1.43x on T5)
-    plus a CRC32C per chunk so corruption fails loudly on read."""
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    if spec.dtype == "str":
-        return {"compressors": [Crc32cCodec()]}
-    return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]}
-
-
-def iter_sources(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Names of input tars, as stores are named after them (for 'expected vs committed')."""
-    return sorted(store_name(p) for p in paths)
 
 
 def _fsync_file(path: Path) -> None:

@@ -70,7 +70,7 @@ class StoreWriter:
             config={"write_empty_chunks": True},
             attributes={"logical_dtype": spec.logical_dtype, "doc": contract.ARRAY_DOCS.get(spec.name, "")},
             **layout,
-            **contract.chunk_codecs(spec),
+            **chunk_codecs(spec),
         )
         return array
 
@@ -205,7 +205,7 @@ def verify_store(
         if not _dtype_matches(array.dtype, spec):
             problems.append(f"{name}: dtype {array.dtype} != contract {spec.dtype}")
             continue
-        missing = _missing_shard_files(Path(path), name, spec, attrs)
+        missing = _missing_shard_files(Path(path), array, spec, attrs)
         if missing:
             problems.append(f"{name}: shard files missing: {missing}")
             continue
@@ -256,7 +256,7 @@ class StoreReader:
         for name in names or tuple(self.specs):
             spec = self.specs[name]
             if spec.dtype != "str":
-                shard = _shard_file(self.path, name, index // self.attrs.samples_per_shard, len(spec.shape))
+                shard = _shard_file(self.path, self._arrays[name], index // self.attrs.samples_per_shard)
                 if not shard.is_file():
                     raise ContractError(f"{self.path}: shard file {shard.relative_to(self.path)} is missing")
             try:
@@ -266,9 +266,20 @@ class StoreReader:
         return out
 
 
-def _shard_file(store: Path, name: str, shard_index: int, sample_ndim: int) -> Path:
-    """Path of Zarr shard ``shard_index`` of array ``name`` (default chunk-key encoding: c/i/0/0…)."""
-    return store.joinpath(name, "c", str(shard_index), *(["0"] * sample_ndim))
+def chunk_codecs(spec: ArraySpec) -> dict[str, Any]:
+    """Codecs for one array: lossless blosc-zstd with bit-shuffle (measured best ratio, ~1.43x on T5)
+    plus a CRC32C per chunk so corruption fails loudly on read."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    if spec.dtype == "str":
+        return {"compressors": [Crc32cCodec()]}
+    return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]}
+
+
+def _shard_file(store: Path, array: zarr.Array, shard_index: int) -> Path:
+    """Path of Zarr shard ``shard_index`` of ``array``, named by the array's own chunk-key encoding."""
+    key = array.metadata.encode_chunk_key((shard_index, *[0] * (array.ndim - 1)))
+    return store / array.path / key
 
 
 def _spot_check(array: zarr.Array, name: str, attrs: StoreAttrs, storage_dtype: str) -> list[str]:
@@ -300,11 +311,11 @@ def _dtype_matches(dtype: np.dtype, spec: ArraySpec) -> bool:
     return dtype == np.dtype(spec.dtype)
 
 
-def _missing_shard_files(store: Path, name: str, spec: ArraySpec, attrs: StoreAttrs) -> list[str]:
+def _missing_shard_files(store: Path, array: zarr.Array, spec: ArraySpec, attrs: StoreAttrs) -> list[str]:
     if spec.dtype == "str":
         return []
     count = contract.shard_count(attrs.num_samples, attrs.samples_per_shard)
-    return [str(i) for i in range(count) if not _shard_file(store, name, i, len(spec.shape)).is_file()]
+    return [str(i) for i in range(count) if not _shard_file(store, array, i).is_file()]
 
 
 def _raw_bytes(spec: ArraySpec, n: int) -> int:

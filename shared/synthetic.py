@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import Identity
 from shared.store import StoreWriter
 
@@ -76,7 +76,7 @@ def write_empty_prompt(out: Path, identity: Identity, gen: torch.Generator) -> N
 
 
 def _tensor(identity: Identity, spec: contract.ArraySpec, n: int, gen: torch.Generator) -> np.ndarray:
-    return contract.to_storage(torch.randn((n, *spec.shape), generator=gen), identity.storage_dtype)
+    return torch_storage.to_storage(torch.randn((n, *spec.shape), generator=gen), identity.storage_dtype)
 
 
 def random_batch(
@@ -85,14 +85,14 @@ def random_batch(
     """``n`` samples of every array in ``specs``, keyed ``<prefix><start + i>``."""
     batch = {name: _tensor(identity, spec, n, gen) for name, spec in specs.items() if spec.is_tensor}
     # Log-variances of a trained AE are strongly negative; keep the synthetic ones plausible.
-    batch["ae_logvar"] = contract.to_storage(
-        contract.from_storage(batch["ae_logvar"], identity.storage_dtype).float() - 6.0, identity.storage_dtype
+    batch[contract.AE_LOGVAR] = torch_storage.to_storage(
+        torch_storage.from_storage(batch[contract.AE_LOGVAR], identity.storage_dtype).float() - 6.0, identity.storage_dtype
     )
     keys = [f"{prefix}{start + i:06d}" for i in range(n)]
-    batch["key"] = np.array(keys)
-    batch["caption"] = np.array([f"synthetic caption {k}" for k in keys])
-    batch["original_size"] = np.full((n, 2), identity.image_size, dtype="int32")
-    batch["crop_box"] = np.tile(np.array([0, 0, identity.image_size, identity.image_size], dtype="int32"), (n, 1))
+    batch[contract.KEY] = np.array(keys)
+    batch[contract.CAPTION] = np.array([f"synthetic caption {k}" for k in keys])
+    batch[contract.ORIGINAL_SIZE] = np.full((n, 2), identity.image_size, dtype="int32")
+    batch[contract.CROP_BOX] = np.tile(np.array([0, 0, identity.image_size, identity.image_size], dtype="int32"), (n, 1))
     return batch
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared import contract
 from shared import encoders as assets_api
 from stage1_encode.config import BatchConfig
 
@@ -74,7 +75,7 @@ class BatchEncoder:
         """``t5`` [n, L, D] and ``clip`` [n, D] for n <= batch.size captions' tokens."""
         t5 = self._micro("t5", self._to_device("t5_tokens", t5_tokens), self.batch.t5)
         clip = self._micro("clip", self._to_device("clip_tokens", clip_tokens), self.batch.clip)
-        return {"t5": t5, "clip": clip}
+        return {contract.T5: t5, contract.CLIP: clip}
 
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,7 +89,7 @@ class BatchEncoder:
         images = images.to(self.encoders.dtype).contiguous(memory_format=self._memory_format)
         moments = self._micro("ae", images, self.batch.ae)
         mean, logvar = torch.chunk(moments, 2, dim=1)
-        return {"ae_mean": mean, "ae_logvar": logvar}
+        return {contract.AE_MEAN: mean, contract.AE_LOGVAR: logvar}
 
     def _to_device(self, name: str, values: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Host arrays are copied to the device (staged, asynchronously, on CUDA); tensors already there

@@ -26,8 +26,7 @@ import numpy as np
 import PIL
 import torch
 
-from shared import contract
-from shared import encoders as assets_api
+from shared import contract, encoders as assets_api, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreWriter
 from stage1_encode import sources
@@ -122,7 +121,7 @@ def identity_and_empty_prompt(
         config,
         encoders.hashes,
         encoders.ae_params,
-        dims=(empty["t5"].shape[-1], empty["clip"].shape[-1]),
+        dims=(empty[contract.T5].shape[-1], empty[contract.CLIP].shape[-1]),
         compute={"dtype": str(dtype).removeprefix("torch."), "compile": compile_},
     )
     return identity, empty
@@ -160,7 +159,7 @@ def write_empty_prompt(dataset: Path, identity: Identity, empty: dict[str, torch
         return
     writer = StoreWriter(path, identity, contract.empty_prompt_specs(identity), "empty prompt", samples_per_shard=1)
     try:
-        writer.append({name: contract.to_storage(t, identity.storage_dtype) for name, t in empty.items()})
+        writer.append({name: torch_storage.to_storage(t, identity.storage_dtype) for name, t in empty.items()})
         writer.commit(skipped={})
     except BaseException:
         writer.abort()
@@ -268,10 +267,10 @@ class _Slot:
         tensors = encoder.encode_text(np.stack([s.t5_tokens for s in samples]), np.stack([s.clip_tokens for s in samples]))
         tensors |= encoder.encode_images(np.stack([s.image.pixels for s in samples]))
         meta = {
-            "key": np.array([s.key for s in samples]),
-            "caption": np.array([s.caption for s in samples]),
-            "original_size": np.array([s.image.original_size for s in samples], dtype=np.int32),
-            "crop_box": np.array([s.image.crop_box for s in samples], dtype=np.int32),
+            contract.KEY: np.array([s.key for s in samples]),
+            contract.CAPTION: np.array([s.caption for s in samples]),
+            contract.ORIGINAL_SIZE: np.array([s.image.original_size for s in samples], dtype=np.int32),
+            contract.CROP_BOX: np.array([s.image.crop_box for s in samples], dtype=np.int32),
         }
         self.writer.append(tensors, meta)
         self._progress.encoded(len(samples))

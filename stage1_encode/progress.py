@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
-from shared import contract
-from shared.contract import TaskProgress
+from shared import heartbeat
+from shared.heartbeat import Heartbeat
 
 
 def slurm_job() -> str | None:
@@ -68,7 +68,7 @@ class Progress:
         self._already_done: set[str] = set()
         self._committed: set[str] = set()
         self._current: str | None = None
-        self._heartbeat = TaskProgress(
+        self._heartbeat = Heartbeat(
             task_index=task_index,
             num_tasks=num_tasks,
             sources=sorted(tar_bytes),
@@ -150,6 +150,6 @@ class Progress:
         beat.stores_done = len(self._committed | self._already_done)
         beat.current_source = self._current
         try:
-            contract.write_progress(self._dataset, beat)
+            heartbeat.write_heartbeat(self._dataset, beat)
         except OSError as exc:  # heartbeats are advisory; a full disk is reported by the store writes
             self._print(f"warning: cannot write heartbeat: {exc}")

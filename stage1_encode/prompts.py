@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import contract
-from shared import encoders as assets_api
+from shared import contract, encoders as assets_api, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader, StoreWriter
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
@@ -50,8 +49,8 @@ def stored_prompts(output: Path) -> list[str] | None:
     if not path.exists():
         return None
     identity = contract.read_identity(output)
-    reader = StoreReader(path, identity, {"prompt": contract.prompt_specs(identity)["prompt"]})
-    return [str(reader.read(i)["prompt"]) for i in range(len(reader))]
+    reader = StoreReader(path, identity, {contract.PROMPT: contract.prompt_specs(identity)[contract.PROMPT]})
+    return [str(reader.read(i)[contract.PROMPT]) for i in range(len(reader))]
 
 
 def encode_prompt_set(config: EncodeConfig, prompts_file: Path, output: Path, assets: Path) -> bool:
@@ -91,8 +90,8 @@ def _write_prompts(
         for start in range(0, len(prompts), config.batch.size):
             chunk = prompts[start : start + config.batch.size]
             tensors = encoder.encode_text(*tokenize(tokenizers, chunk, config.text.t5_max_length))
-            batch = {name: contract.to_storage(t, identity.storage_dtype) for name, t in tensors.items()}
-            writer.append({**batch, "prompt": np.array(chunk)})
+            batch = {name: torch_storage.to_storage(t, identity.storage_dtype) for name, t in tensors.items()}
+            writer.append({**batch, contract.PROMPT: np.array(chunk)})
         writer.commit(skipped={})
     except BaseException:
         writer.abort()

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import ArraySpec, Identity, StoreAttrs
 from shared.store import StoreWriter
 from stage1_encode.temporaries import pid_alive
@@ -98,7 +98,7 @@ class WriterProcess:
         views = self._buffers[index].views
         n = len(next(iter(meta.values())))
         for name, tensor in tensors.items():
-            contract.from_storage(views[name][:n], self._storage_dtype).copy_(tensor, non_blocking=True)
+            torch_storage.from_storage(views[name][:n], self._storage_dtype).copy_(tensor, non_blocking=True)
         self._held = [("append", index, n, meta)]
         if any(t.is_cuda for t in tensors.values()):
             self._copied = torch.cuda.Event()

@@ -22,14 +22,14 @@ from torchtitan.config import JobConfig
 from torchtitan.config.job_config import DataLoader as DataLoaderConfig
 from torchtitan.tools.logging import logger
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
 from stage2_train.flavors import FLAVORS
 from stage2_train.identity import check_identity
 from stage2_train.sampler import EpochBatchSampler
 
-TENSORS = ("t5", "clip", "ae_mean", "ae_logvar")
+TENSORS = contract.TENSORS
 """What a training step needs of a sample; keys, captions and crop boxes stay on disk."""
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -76,7 +76,7 @@ class PrecomputedDataset(Dataset):
         except OSError as exc:  # the store vanished or its metadata broke after start-up
             self._corrupt(ContractError(f"{self.stores[store]}: {exc}"))
             return None
-        sample: dict[str, Any] = {n: contract.from_storage(a, self.identity.storage_dtype) for n, a in arrays.items()}
+        sample: dict[str, Any] = {n: torch_storage.from_storage(a, self.identity.storage_dtype) for n, a in arrays.items()}
         sample["index"] = index
         return sample
 
@@ -104,7 +104,7 @@ def load_empty_prompt(root: str | Path, identity: Identity) -> dict[str, torch.T
     """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders."""
     specs = contract.empty_prompt_specs(identity)
     arrays = StoreReader(Path(root) / contract.EMPTY_PROMPT_STORE, identity, specs).read(0)
-    return {name: contract.from_storage(a, identity.storage_dtype) for name, a in arrays.items()}
+    return {name: torch_storage.from_storage(a, identity.storage_dtype) for name, a in arrays.items()}
 
 
 def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
 from stage2_train.data import load_empty_prompt
@@ -42,7 +42,7 @@ def load_prompt_set(root: str | Path, training: Identity, count: int) -> PromptS
     rows = [reader.read(i) for i in range(len(reader) if count == -1 else min(count, len(reader)))]
 
     def stacked(name: str) -> torch.Tensor:
-        return torch.stack([contract.from_storage(row[name], identity.storage_dtype) for row in rows]).float()
+        return torch.stack([torch_storage.from_storage(row[name], identity.storage_dtype) for row in rows]).float()
 
     empty = {name: tensor.float() for name, tensor in load_empty_prompt(root, identity).items()}
     return PromptSet([str(row["prompt"]) for row in rows], stacked("t5"), stacked("clip"), empty)

@@ -20,8 +20,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchtitan.models.flux.model.autoencoder import AutoEncoder, AutoEncoderParams
 
-from shared import contract
-from shared.contract import Identity, TaskProgress
+from shared import contract, torch_storage
+from shared.contract import Identity
+from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.inspect import grid, report, samples, summary, verify
 from shared.inspect_shards import main
 from shared.store import StoreWriter
@@ -80,7 +81,7 @@ def rewrite_array(store: Path, name: str, values: np.ndarray) -> None:
 
 
 def heartbeat(dataset: Path, index: int, sources: list[str], state: str, age_s: float, **extra) -> None:
-    contract.write_progress(dataset, TaskProgress(
+    write_heartbeat(dataset, Heartbeat(
         task_index=index, num_tasks=extra.pop("num_tasks", 4), sources=sources, state=state,
         started_at=NOW - 3600, updated_at=NOW - age_s, **extra,
     ))
@@ -249,7 +250,7 @@ def test_verify_catches_non_finite_values_with_matching_checksums(small, tmp_pat
     ds = copy(small, tmp_path)
     victim = stores(ds)[0]
     values = zarr.open_group(victim, mode="r")["clip"][:]
-    values[3, 5] = contract.to_storage(torch.tensor(float("inf")), "bfloat16")
+    values[3, 5] = torch_storage.to_storage(torch.tensor(float("inf")), "bfloat16")
     rewrite_array(victim, "clip", values)
     [finding] = verify.verify(ds, workers=1).findings
     assert finding.where == victim.name and finding.what.startswith("clip: non-finite values in samples 0..")
@@ -262,7 +263,7 @@ def test_store_writer_refuses_exactly_the_non_finite_bf16_values(tmp_path, value
     batch = {
         name: np.zeros((4, *spec.shape), dtype=str if spec.dtype == "str" else spec.dtype) for name, spec in specs.items()
     }
-    batch["t5"][2, 1, 3] = contract.to_storage(torch.tensor(value), "bfloat16")
+    batch["t5"][2, 1, 3] = torch_storage.to_storage(torch.tensor(value), "bfloat16")
     writer = StoreWriter(tmp_path / "s.zarr", identity, specs, "s.tar", SAMPLES_PER_SHARD)
     if np.isfinite(value):  # the largest finite bf16 and a subnormal are kept
         writer.append(batch)
@@ -277,7 +278,7 @@ def test_verify_flags_a_store_of_zeros_by_its_statistics(written, tmp_path, caps
     ds = copy(written, tmp_path)
     victim = stores(ds)[17]
     shape = zarr.open_group(victim, mode="r")["ae_mean"].shape
-    rewrite_array(victim, "ae_mean", contract.to_storage(torch.zeros(shape), "bfloat16"))
+    rewrite_array(victim, "ae_mean", torch_storage.to_storage(torch.zeros(shape), "bfloat16"))
     findings = verify.verify(ds, workers=2).findings
     assert [(f.where, f.what.split(":")[0]) for f in findings] == [(victim.name, "ae_mean")]
     assert "values far from the dataset's" in findings[0].what
@@ -309,7 +310,7 @@ def test_key_finds_the_sample_and_its_statistics(written, capsys):
     [sample] = json.loads(out)["samples"]
     assert code == 0 and (sample["store"], sample["index"]) == ("synthetic-0031.zarr", 5)
     stored = zarr.open_group(stores(written)[31], mode="r")["ae_logvar"][5]
-    expected = contract.from_storage(stored, "bfloat16").float()
+    expected = torch_storage.from_storage(stored, "bfloat16").float()
     stats = sample["tensors"]["ae_logvar"]
     assert stats["shape"] == [16, 8, 8] and stats["dtype"] == "bfloat16"
     assert stats["mean"] == pytest.approx(expected.mean().item()) and stats["max"] == expected.max().item()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from shared import contract
+from shared import contract, heartbeat
 from shared.assets import write_sample_tars
 from shared.encoders import AssetsError
 from shared.store import verify_store
@@ -254,13 +254,13 @@ def test_full_disk_fails_cleanly_and_a_rerun_completes(tiny_assets, tmp_path):
     errors = [line for line in full.stdout.splitlines() if line.startswith("stage1_encode: error:")]
     assert len(errors) == 1 and "no space left (or file size limit)" in errors[0], full.stdout
     assert contract.committed_store_paths(dataset) == [] and contract.temporary_store_paths(dataset) == []
-    assert [p.state for p in contract.read_progress(dataset)] == ["failed"]
-    assert "File too large" in contract.read_progress(dataset)[0].message
+    assert [p.state for p in heartbeat.read_heartbeats(dataset)] == ["failed"]
+    assert "File too large" in heartbeat.read_heartbeats(dataset)[0].message
 
     rerun = run_cli(tars, dataset, tiny_assets, *small)
     assert rerun.returncode == 0, rerun.stdout
     assert list(verified_stores(dataset)) == ["cc12m-train-0000.zarr"]
-    assert [p.state for p in contract.read_progress(dataset)] == ["done"]
+    assert [p.state for p in heartbeat.read_heartbeats(dataset)] == ["done"]
 
 
 # --------------------------------------------------------------------------- streamed input (#10)

@@ -11,7 +11,7 @@ import torch
 import zarr
 from PIL import Image
 
-from shared import contract
+from shared import contract, heartbeat
 from shared.assets import write_sample_tars
 from shared.assets.tiny import AE_DIMS
 from test_stage1_pipeline import TINY_CONFIG, verified_stores
@@ -78,7 +78,7 @@ def test_array_job_encodes_what_torchtitan_computes(slurm_cluster, tiny_assets, 
     assert 0 < len(valid) < len(samples)
     assert sum(a.num_samples for a in stores.values()) == len(valid)
     assert sum(sum(a.skipped.values()) for a in stores.values()) == len(samples) - len(valid)
-    beats = contract.read_progress(dataset)
+    beats = heartbeat.read_heartbeats(dataset)
     assert [b.state for b in beats] == ["done", "done"]
     assert sorted(s for b in beats for s in b.sources) == sorted(stores)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.inspect.samples import Sample
 
@@ -55,7 +55,7 @@ def write_grid(
     identity = contract.read_identity(dataset)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ae, weights, checked = load_dataset_ae(dataset, identity, ae_dir, device)
-    means = np.stack([s.arrays["ae_mean"] for s in samples])
+    means = np.stack([s.arrays[contract.AE_MEAN] for s in samples])
     image = grid_image(decode(ae, means, identity), [s.caption for s in samples])
     image.save(out, format="PNG")
     return GridResult(str(out), image.size, str(weights), checked, device)
@@ -106,7 +106,7 @@ def check_ae_weights(path: Path, identity: Identity) -> bool:
 
 def decode(ae: torch.nn.Module, means: np.ndarray, identity: Identity) -> np.ndarray:
     """Stored posterior means [n, C, h, w] -> RGB images [n, H, W, 3] uint8."""
-    mean = contract.from_storage(means, identity.storage_dtype).float()
+    mean = torch_storage.from_storage(means, identity.storage_dtype).float()
     return decode_latents(ae, identity.ae_scale_factor * (mean - identity.ae_shift_factor))
 
 

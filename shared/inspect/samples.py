@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import Identity
 from shared.inspect.summary import ATTR_READ_THREADS, read_committed
 from shared.store import StoreReader
@@ -94,10 +94,10 @@ def describe(store: str, index: int, arrays: dict[str, np.ndarray], identity: Id
     return Sample(
         store=store,
         index=index,
-        key=str(arrays["key"]),
-        caption=str(arrays["caption"]),
-        original_size=np.asarray(arrays["original_size"]).tolist(),
-        crop_box=np.asarray(arrays["crop_box"]).tolist(),
+        key=str(arrays[contract.KEY]),
+        caption=str(arrays[contract.CAPTION]),
+        original_size=np.asarray(arrays[contract.ORIGINAL_SIZE]).tolist(),
+        crop_box=np.asarray(arrays[contract.CROP_BOX]).tolist(),
         tensors={
             name: tensor_stats(arrays[name], spec, identity.storage_dtype)
             for name, spec in specs.items()
@@ -108,7 +108,7 @@ def describe(store: str, index: int, arrays: dict[str, np.ndarray], identity: Id
 
 
 def tensor_stats(values: np.ndarray, spec: contract.ArraySpec, storage_dtype: str) -> TensorStats:
-    t = contract.from_storage(values, storage_dtype).float()
+    t = torch_storage.from_storage(values, storage_dtype).float()
     return TensorStats(
         shape=list(t.shape),
         dtype=spec.logical_dtype,
@@ -120,5 +120,5 @@ def tensor_stats(values: np.ndarray, spec: contract.ArraySpec, storage_dtype: st
 
 
 def _key_indices(path: Path, key: str) -> list[int]:
-    keys = zarr.open_group(path, mode="r")["key"][:]
+    keys = zarr.open_group(path, mode="r")[contract.KEY][:]
     return np.flatnonzero(keys == key).tolist()

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from shared import contract
-from shared.contract import StoreAttrs, TaskProgress
+from shared import contract, heartbeat
+from shared.contract import StoreAttrs
+from shared.heartbeat import Heartbeat
 
 STALE_AFTER_S = 600.0
 """A ``running`` heartbeat older than this is stale (task killed, node dead). Heartbeats come every
@@ -116,7 +117,7 @@ def summarise(dataset: str | os.PathLike, now: float | None = None, stale_after_
     identity = contract.read_identity(dataset)
     digest = identity.digest()
     attrs, problems = read_committed(dataset, digest)
-    heartbeats = contract.read_progress(dataset)
+    heartbeats = heartbeat.read_heartbeats(dataset)
     num_tasks = max((t.num_tasks for t in heartbeats), default=None)
     expected = {s for t in heartbeats for s in t.sources}
     samples = sum(a.num_samples for a in attrs.values())
@@ -184,7 +185,7 @@ def _attr_findings(name: str, attrs: StoreAttrs, digest: str) -> list[Finding]:
 
 
 def _task_status(
-    task: TaskProgress, committed: set[str], now: float, stale_after_s: float, samples_per_store: float | None
+    task: Heartbeat, committed: set[str], now: float, stale_after_s: float, samples_per_store: float | None
 ) -> TaskStatus:
     age = now - task.updated_at
     state = "stale" if task.state == "running" and age > stale_after_s else task.state
@@ -205,7 +206,7 @@ def _task_status(
     )
 
 
-def _task_eta(task: TaskProgress, remaining: int, samples_per_store: float | None) -> float | None:
+def _task_eta(task: Heartbeat, remaining: int, samples_per_store: float | None) -> float | None:
     """Seconds until a live task has written its remaining stores, at its own recent rate."""
     if remaining == 0:
         return 0.0
@@ -224,7 +225,7 @@ def _overall_eta(live: list[TaskStatus], reported: int, num_tasks: int) -> float
 
 
 def _temporary(
-    path: Path, committed: set[str], heartbeats: list[TaskProgress], tasks: list[TaskStatus], now: float
+    path: Path, committed: set[str], heartbeats: list[Heartbeat], tasks: list[TaskStatus], now: float
 ) -> Temporary:
     store = contract.final_name_of_temporary(path.name)
     age = now - path.stat().st_mtime

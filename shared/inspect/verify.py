@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from shared import contract
+from shared import contract, torch_storage
 from shared.contract import Identity
 from shared.inspect.summary import Finding, Summary, summarise
 from shared.store import verify_store
@@ -117,7 +117,7 @@ def check_store(path: str | os.PathLike, identity: Identity) -> StoreCheck:
     def on_block(name: str, block: np.ndarray) -> None:
         rows[name] += len(block)
         if name in moments:
-            moments[name].add(contract.from_storage(block, identity.storage_dtype))
+            moments[name].add(torch_storage.from_storage(block, identity.storage_dtype))
 
     problems = verify_store(path, identity, specs, on_block=on_block)
     stats = {name: (m.mean, m.std) for name, m in moments.items() if m.n}
