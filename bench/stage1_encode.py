@@ -54,7 +54,8 @@ from stage1_encode import prepare  # noqa: E402
 from stage1_encode.encode import BatchEncoder, Encoders  # noqa: E402
 from stage1_encode.identity import image_policy  # noqa: E402
 from stage1_encode.pipeline import Task, run_task  # noqa: E402
-from stage1_encode.tars import Skip, read_tar  # noqa: E402
+from stage1_encode.skips import Skip  # noqa: E402
+from stage1_encode.tars import read_tar  # noqa: E402
 
 BENCH = "stage1_encode"
 REPO = Path(__file__).resolve().parents[1]

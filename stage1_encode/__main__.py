@@ -15,7 +15,8 @@ from pathlib import Path
 
 from shared.encoders import AssetsError
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
-from stage1_encode.pipeline import Stage1Error, Task, run_task
+from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
 
 

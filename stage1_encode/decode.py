@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from stage1_encode.skips import SkipReason
+
 _ROTATING_ORIENTATIONS = range(2, 9)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -64,23 +66,22 @@ def crop_offset(key: str, span: int) -> int:
     return int.from_bytes(digest[:8], "little") % (span + 1)
 
 
-def decode_image(data: bytes, key: str, policy: ImagePolicy) -> Cropped | str:
-    """The crop of one image, or the reason it is skipped (``empty_image``, ``too_large``, ``too_small``,
-    ``undecodable_image``)."""
+def decode_image(data: bytes, key: str, policy: ImagePolicy) -> Cropped | SkipReason:
+    """The crop of one image, or the reason it is skipped."""
     if not data:
-        return "empty_image"
+        return SkipReason.EMPTY_IMAGE
     Image.MAX_IMAGE_PIXELS = policy.max_pixels  # Pillow's own guard stays on, at the configured limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
         if img.width * img.height > policy.max_pixels:
-            return "too_large"
+            return SkipReason.TOO_LARGE
         orientation = _orientation(img)
         rotated = orientation in _ROTATING_ORIENTATIONS
         original = (img.height, img.width) if orientation in (5, 6, 7, 8) else img.size
         if min(original) < policy.size:
-            return "too_small"
+            return SkipReason.TOO_SMALL
         if policy.jpeg_draft and img.format == "JPEG":
             img.draft(None, (policy.size, policy.size))
         img.load()
@@ -89,9 +90,9 @@ def decode_image(data: bytes, key: str, policy: ImagePolicy) -> Cropped | str:
         img = _continuous_tone(img)
         pixels, box = _resize_and_crop(img, policy.size, key)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "too_large"
+        return SkipReason.TOO_LARGE
     except Exception:  # Pillow signals bad bytes with many types (OSError, SyntaxError, ValueError, …)
-        return "undecodable_image"
+        return SkipReason.UNDECODABLE_IMAGE
     return Cropped(pixels, (int(original[0]), int(original[1])), box)
 
 

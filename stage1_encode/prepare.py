@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from stage1_encode.decode import Cropped, ImagePolicy, decode_image
-from stage1_encode.tars import RawSample, Skip
-from stage1_encode.tokenize import CaptionError, TokenizerFactory, caption_text, tokenize
+from stage1_encode.skips import Skip, SkipReason
+from stage1_encode.tars import RawSample
+from stage1_encode.tokenize import TokenizerFactory, caption_text, tokenize
 
 
 @dataclass
@@ -55,15 +56,14 @@ def prepare_chunk(samples: list[RawSample], policy: ImagePolicy, t5_max_length: 
 
 
 def _decode(raw: RawSample, policy: ImagePolicy) -> tuple[str, str, Cropped] | Skip:
-    try:
-        caption = caption_text(raw.members.get("txt"))
-    except CaptionError as exc:
-        return Skip(raw.key, str(exc))
+    caption = caption_text(raw.members.get("txt"))
+    if isinstance(caption, SkipReason):
+        return Skip(raw.key, caption)
     image = raw.image()
     if image is None:
-        return Skip(raw.key, "missing_image")
+        return Skip(raw.key, SkipReason.MISSING_IMAGE)
     cropped = decode_image(image[1], raw.key, policy)
-    if isinstance(cropped, str):
+    if isinstance(cropped, SkipReason):
         return Skip(raw.key, cropped)
     return raw.key, caption, cropped
 

@@ -23,9 +23,8 @@ from shared.contract import ContractError, Identity
 from shared.store import StoreReader, StoreWriter
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
 from stage1_encode.encode import BatchEncoder, load_encoders
-from stage1_encode.pipeline import (
+from stage1_encode.dataset_setup import (
     Stage1Error,
-    Task,
     identity_and_empty_prompt,
     resolve_compute,
     write_empty_prompt,
@@ -65,7 +64,7 @@ def encode_prompt_set(config: EncodeConfig, prompts_file: Path, output: Path, as
     encoder = BatchEncoder(encoders, config.batch, compile_, channels_last=False)
     tokenizers = assets_api.load_tokenizers(assets, config.text.t5_max_length)
     identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizers, dtype, compile_)
-    write_identity(Task(str(prompts_file), output, assets), identity)  # refuses a set made otherwise
+    write_identity(output, assets, identity)  # refuses a set made otherwise
     if existing is not None:
         return False
     stores = {contract.EMPTY_PROMPT_STORE, contract.PROMPTS_STORE}

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, Protocol
 
+from stage1_encode.skips import Skip, SkipReason
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 """Image members, in order of preference when one sample has several."""
 CAPTION_EXTENSION = "txt"
@@ -39,14 +41,6 @@ class RawSample:
         return None
 
 
-@dataclass(frozen=True)
-class Skip:
-    """A sample (or, for tar-level problems, the tar) that was not encoded, and why."""
-
-    key: str
-    reason: str
-
-
 class TarFile(Protocol):
     """What ``read_tar`` needs of a tar: a name and a seekable binary ``open("rb")`` (a ``Path`` has both)."""
 
@@ -67,7 +61,7 @@ def read_tar(source: TarFile | str | os.PathLike) -> Iterator[RawSample | Skip]:
         if sample is None:
             return
         if sample.key in seen:
-            yield Skip(sample.key, "duplicate_key")
+            yield Skip(sample.key, SkipReason.DUPLICATE_KEY)
         else:
             seen.add(sample.key)
             yield sample
@@ -89,11 +83,11 @@ def read_tar(source: TarFile | str | os.PathLike) -> Iterator[RawSample | Skip]:
                     current.members[ext] = data
         except (tarfile.TarError, EOFError):
             yield from finish(current)
-            yield Skip(source.name, "truncated_tar")
+            yield Skip(source.name, SkipReason.TRUNCATED_TAR)
             return
         yield from finish(current)
         if not _ends_with_marker(f):
-            yield Skip(source.name, "truncated_tar")
+            yield Skip(source.name, SkipReason.TRUNCATED_TAR)
 
 
 def _ends_with_marker(f: IO[bytes]) -> bool:

@@ -11,26 +11,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from shared import contract
+from stage1_encode.skips import SkipReason
 
 TokenizerFactory = Callable[[], tuple[Any, Any]]
 """Builds ``(t5_tokenizer, clip_tokenizer)``; picklable, so each worker process builds its own."""
 
 
-def caption_text(data: bytes | None) -> str:
-    """The caption as TorchTitan's loader reads it (strict UTF-8, unstripped), or raises ``CaptionError``."""
+def caption_text(data: bytes | None) -> str | SkipReason:
+    """The caption as TorchTitan's loader reads it (strict UTF-8, unstripped), or why it is skipped."""
     if data is None:
-        raise CaptionError("missing_caption")
+        return SkipReason.MISSING_CAPTION
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise CaptionError("caption_not_utf8") from None
+        return SkipReason.CAPTION_NOT_UTF8
     if not text.strip():
-        raise CaptionError("empty_caption")
+        return SkipReason.EMPTY_CAPTION
     return text
-
-
-class CaptionError(ValueError):
-    """A caption that cannot be used; ``str(error)`` is the skip reason."""
 
 
 def tokenize(tokenizers: tuple[Any, Any], captions: Sequence[str], t5_max_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ import signal
 import threading
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -44,6 +45,59 @@ SHM_PREFIX = "stage1enc"
 SHM_DIR = Path("/dev/shm")
 
 
+# --------------------------------------------------------------------------- messages on the pipe
+
+
+@dataclass(frozen=True)
+class Begin:
+    source: str
+
+
+@dataclass(frozen=True)
+class Append:
+    buffer: int
+    """Which shared buffer holds the batch's tensors."""
+    samples: int
+    meta: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Commit:
+    skipped: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+@dataclass(frozen=True)
+class Freed:
+    buffer: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    source: str
+    attrs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    errno: int | None
+    strerror: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Closed:
+    pass
+
+
+ToWriter = Begin | Append | Commit | Close
+FromWriter = Freed | Committed | Failed | Closed
+
+
 class WriterProcess:
     """One store at a time: ``begin(source)``, ``append(tensors, meta)`` …, ``commit(skipped)``; ``close``
     waits for every commit. A writer failure is raised by the next call."""
@@ -62,8 +116,8 @@ class WriterProcess:
         self._specs = {n: s for n, s in contract.array_specs(identity).items() if s.is_tensor}
         self._buffers: list[_SharedBatch] = []
         self._free = list(range(BUFFERS_PER_WRITER))
-        self._held: list[tuple] = []
-        """The last batch's "append" (and what followed it), sent once its device-to-host copy has finished."""
+        self._held: list[ToWriter] = []
+        """The last batch's ``Append`` (and what followed it), sent once its device-to-host copy has finished."""
         self._copied: torch.cuda.Event | None = None
         self._error: BaseException | None = None
         context = multiprocessing.get_context("spawn")
@@ -86,7 +140,7 @@ class WriterProcess:
             raise
 
     def begin(self, source: str) -> None:
-        self._post(("begin", source))
+        self._post(Begin(source))
 
     def append(self, tensors: dict[str, torch.Tensor], meta: dict[str, np.ndarray]) -> None:
         """Start copying a batch's tensors (on any device) into a free buffer; the batch is handed over,
@@ -99,13 +153,13 @@ class WriterProcess:
         n = len(next(iter(meta.values())))
         for name, tensor in tensors.items():
             torch_storage.from_storage(views[name][:n], self._storage_dtype).copy_(tensor, non_blocking=True)
-        self._held = [("append", index, n, meta)]
+        self._held = [Append(index, n, meta)]
         if any(t.is_cuda for t in tensors.values()):
             self._copied = torch.cuda.Event()
             self._copied.record()
 
     def commit(self, skipped: dict[str, int]) -> None:
-        self._post(("commit", skipped))
+        self._post(Commit(skipped))
 
     def hand_over_copied(self) -> None:
         """Send what waited for a device-to-host copy that has finished meanwhile (never waits)."""
@@ -115,8 +169,8 @@ class WriterProcess:
         """Wait until every store handed over is committed; raise the writer's error, if any."""
         try:
             self._release(wait=True)
-            self._send(("close",))
-            while self._receive() != "closed":
+            self._send(Close())
+            while not isinstance(self._receive(), Closed):
                 pass
             self._raise()
         finally:
@@ -140,7 +194,7 @@ class WriterProcess:
             buffer.release()
         self._buffers = []
 
-    def _post(self, message: tuple) -> None:
+    def _post(self, message: ToWriter) -> None:
         """Send ``message`` now, or after the batch whose copy is still running (order is kept)."""
         if self._held:
             self._held.append(message)
@@ -156,26 +210,26 @@ class WriterProcess:
         for message in held:
             self._send(message)
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: ToWriter) -> None:
         while self._conn.poll():  # collect what the writer said meanwhile (commits, freed buffers, errors)
             self._receive()
         self._raise()
         self._conn.send(message)
 
-    def _receive(self) -> str:
+    def _receive(self) -> FromWriter:
         try:
-            kind, *args = self._conn.recv()
+            message = self._conn.recv()
         except EOFError:
             self._error = self._error or RuntimeError(f"store writer process died (exit code {self._process.exitcode})")
             self._raise()
-        if kind == "free":
-            self._free.append(args[0])
-        elif kind == "committed":
-            self._on_commit(args[0], contract.StoreAttrs.from_dict(args[1]))
-        elif kind == "error":
-            errno, strerror, text = args
-            self._error = self._error or (OSError(errno, strerror) if errno else RuntimeError(text))
-        return kind
+        match message:
+            case Freed(buffer):
+                self._free.append(buffer)
+            case Committed(source, attrs):
+                self._on_commit(source, StoreAttrs.from_dict(attrs))
+            case Failed(errno, strerror, text):
+                self._error = self._error or (OSError(errno, strerror) if errno else RuntimeError(text))
+        return message
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -257,14 +311,14 @@ def _serve(
     store: StoreWriter | None = None
     failed = threading.Event()
 
-    def send(*message: Any) -> None:
+    def send(message: FromWriter) -> None:
         with lock:
             conn.send(message)
 
     def fail(exc: BaseException) -> None:
         failed.set()
         errno = exc.errno if isinstance(exc, OSError) else None
-        send("error", errno, getattr(exc, "strerror", None), "".join(traceback.format_exception(exc)))
+        send(Failed(errno, getattr(exc, "strerror", None), "".join(traceback.format_exception(exc))))
 
     def commit(writer: StoreWriter, skipped: dict[str, int]) -> None:
         try:
@@ -273,33 +327,33 @@ def _serve(
             writer.abort()
             fail(exc)
             return
-        send("committed", writer.source, attrs.to_dict())
+        send(Committed(writer.source, attrs.to_dict()))
 
     while True:
         try:
-            kind, *args = conn.recv()
+            message: ToWriter = conn.recv()
         except EOFError:  # the task is gone: drop the store being appended to
             if store is not None:
                 store.abort()
             break
-        if kind == "close":
+        if isinstance(message, Close):
             wait(commits)
-            send("closed")
+            send(Closed())
             break
         if failed.is_set():
             continue
         try:
-            if kind == "begin":
-                path = contract.shards_dir(dataset) / contract.store_name(args[0])
-                store = StoreWriter(path, ident, specs, args[0], samples_per_shard, written_by)
-            elif kind == "append":
-                index, n, meta = args
-                batch = {name: view[:n].copy() for name, view in buffers[index].views.items()}
-                send("free", index)
-                store.append(batch | meta)
-            else:  # commit
-                commits.append(committer.submit(commit, store, args[0]))
-                store = None
+            match message:
+                case Begin(source):
+                    path = contract.shards_dir(dataset) / contract.store_name(source)
+                    store = StoreWriter(path, ident, specs, source, samples_per_shard, written_by)
+                case Append(index, n, meta):
+                    batch = {name: view[:n].copy() for name, view in buffers[index].views.items()}
+                    send(Freed(index))
+                    store.append(batch | meta)
+                case Commit(skipped):
+                    commits.append(committer.submit(commit, store, skipped))
+                    store = None
         except BaseException as exc:
             if store is not None:
                 store.abort()

@@ -23,7 +23,8 @@ from shared.assets import write_sample_tars
 from shared.encoders import AssetsError
 from shared.store import verify_store
 from stage1_encode.config import load_config
-from stage1_encode.pipeline import Stage1Error, Task, run_task
+from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
 from test_stage1_units import image_bytes
 

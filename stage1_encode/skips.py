@@ -1,0 +1,35 @@
+"""Why a sample was not encoded: one ``Skip`` type with one ``SkipReason`` wherever a sample is dropped
+(reading a tar, decoding its image, reading its caption), counted per store by reason, never raised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class SkipReason(StrEnum):
+    """The reasons a store's ``skipped`` counts (its values are what the store records)."""
+
+    DUPLICATE_KEY = "duplicate_key"
+    """A key seen before in the same tar."""
+    TRUNCATED_TAR = "truncated_tar"
+    """The tar breaks off or ends before its end-of-archive marker (counted once, for the tar)."""
+    MISSING_CAPTION = "missing_caption"
+    CAPTION_NOT_UTF8 = "caption_not_utf8"
+    EMPTY_CAPTION = "empty_caption"
+    """Empty or whitespace only."""
+    MISSING_IMAGE = "missing_image"
+    EMPTY_IMAGE = "empty_image"
+    UNDECODABLE_IMAGE = "undecodable_image"
+    TOO_SMALL = "too_small"
+    """Shorter side below ``image.size`` (TorchTitan rejects such images)."""
+    TOO_LARGE = "too_large"
+    """More than ``image.max_pixels`` (a decompression bomb, or just too big to decode safely)."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A sample (or, for tar-level problems, the tar) that was not encoded, and why."""
+
+    key: str
+    reason: SkipReason
