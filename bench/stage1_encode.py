@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import emit  # noqa: E402
 from shared import torch_storage
 from shared import contract  # noqa: E402
-from shared import encoders as assets_api  # noqa: E402
+from shared import asset_loading  # noqa: E402
 from shared.assets import write_sample_tars, write_tiny_assets  # noqa: E402
 from shared.assets.tiny import AE_DIMS, CLIP_DIMS, T5_DIMS  # noqa: E402
 from stage1_encode.config import EncodeConfig, load_config, parse_overrides  # noqa: E402
@@ -78,7 +78,7 @@ MODELS = {
 
 
 def build_encoders(models: str, tokenizer_hashes: dict, device: torch.device, dtype: torch.dtype) -> Encoders:
-    """Random-weight encoders of FLUX.1-schnell's architecture, called exactly as ``shared.encoders`` loads them."""
+    """Random-weight encoders of FLUX.1-schnell's architecture, called exactly as ``shared.asset_loading`` loads them."""
     from torchtitan.models.flux.model.autoencoder import AutoEncoder, AutoEncoderParams
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -90,8 +90,8 @@ def build_encoders(models: str, tokenizer_hashes: dict, device: torch.device, dt
         params = AutoEncoderParams(**spec["ae"])
         ae_encoder = AutoEncoder(params).encoder
     return Encoders(
-        t5=assets_api.TextEncoder(t5.eval().requires_grad_(False), "last_hidden_state").to(dtype),
-        clip=assets_api.TextEncoder(clip.eval().requires_grad_(False), "pooler_output").to(dtype),
+        t5=asset_loading.TextEncoder(t5.eval().requires_grad_(False), "last_hidden_state").to(dtype),
+        clip=asset_loading.TextEncoder(clip.eval().requires_grad_(False), "pooler_output").to(dtype),
         ae_encoder=ae_encoder.eval().requires_grad_(False).to(dtype),
         ae_params=dataclasses.asdict(params),
         hashes={"t5": {"random": f"{models} seed 0"}, "clip": {"random": f"{models} seed 0"},
@@ -150,7 +150,7 @@ def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_
 
 def first_batch_bit_identical(encoder: BatchEncoder, config: EncodeConfig, tar: Path, dataset: Path, assets: Path) -> bool:
     """The first batch of ``tar`` as the pipeline stored it equals its samples encoded directly."""
-    prepare.init_worker(functools.partial(assets_api.load_tokenizers, assets, config.text.t5_max_length))
+    prepare.init_worker(functools.partial(asset_loading.load_tokenizers, assets, config.text.t5_max_length))
     raw = [r for r in read_tar(tar) if not isinstance(r, Skip)]
     prepared = prepare.prepare_chunk(raw, image_policy(config), config.text.t5_max_length)
     batch = [p for p in prepared if not isinstance(p, Skip)][: config.batch.size]
@@ -206,7 +206,7 @@ def run_benchmark(
     config: EncodeConfig, models: str, samples: int, samples_per_tar: int, ceiling_batches: int, work: Path
 ) -> dict:
     assets = write_tiny_assets(work / "assets")  # tokenizers (the models here are built in memory)
-    hashes = assets_api.asset_hashes(assets)
+    hashes = asset_loading.asset_hashes(assets)
     tokenizer_hashes = {k: v for k, v in hashes.items() if k.endswith("tokenizer")}
     encoders_factory = functools.cache(functools.partial(build_encoders, models, tokenizer_hashes))
 

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # A real Slurm 22.05 cluster on one machine: controller + two emulated nodes n1, n2 on 127.0.0.1, each
 # with 8 fake GPUs, so the project's production sbatch scripts run unmodified in tests and the demo.
-# Recipe and pitfalls: ../shared/notes/slurm-local.md (in the workspace), DESIGN.md §5.
 #
 #   scripts/local_slurm.sh install            apt-get the Slurm + munge packages if missing (root)
 #   scripts/local_slurm.sh start  STATE_DIR   (re)start a cold cluster whose files all live in STATE_DIR

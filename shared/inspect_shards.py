@@ -18,13 +18,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from shared.contract import ContractError
-from shared.inspect import report
-from shared.inspect.summary import STALE_AFTER_S, Summary, summarise
+from shared.inspection import report
+from shared.inspection.summary import STALE_AFTER_S, Summary, summarise
 
 if TYPE_CHECKING:  # imported lazily below: they load torch and zarr, which the summary never needs
-    from shared.inspect.grid import GridResult
-    from shared.inspect.samples import Sample
-    from shared.inspect.verify import VerifyResult
+    from shared.inspection.grid import GridResult
+    from shared.inspection.samples import Sample
+    from shared.inspection.verify import VerifyResult
 
 GRID_SAMPLES = 8
 """Samples in a ``--grid`` when neither ``--show`` nor ``--key`` chooses them."""
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _verify(args: argparse.Namespace, summary: Summary) -> VerifyResult:
-    from shared.inspect.verify import verify
+    from shared.inspection.verify import verify
 
     show_progress = sys.stderr.isatty() and not args.json
     return verify(args.dataset, args.workers, summary, _print_progress if show_progress else None)
@@ -77,7 +77,7 @@ def _verify(args: argparse.Namespace, summary: Summary) -> VerifyResult:
 def _samples(args: argparse.Namespace) -> list[Sample]:
     if not (args.show or args.key or args.grid):
         return []
-    from shared.inspect import samples
+    from shared.inspection import samples
 
     if args.key:
         locations = [hit for key in args.key for hit in samples.find_key(args.dataset, key)]
@@ -87,7 +87,7 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
 
 
 def _grid(args: argparse.Namespace, samples: list[Sample]) -> GridResult:
-    from shared.inspect.grid import write_grid
+    from shared.inspection.grid import write_grid
 
     if not samples:
         raise ContractError("no samples to decode for --grid")

@@ -267,8 +267,8 @@ class StoreReader:
 
 
 def chunk_codecs(spec: ArraySpec) -> dict[str, Any]:
-    """Codecs for one array: lossless blosc-zstd with bit-shuffle (measured best ratio, ~1.43x on T5)
-    plus a CRC32C per chunk so corruption fails loudly on read."""
+    """Codecs for one array: lossless blosc-zstd with bit-shuffle (the best ratio on T5 activations of
+    the lossless codecs we tried) plus a CRC32C per chunk so corruption fails loudly on read."""
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     if spec.dtype == "str":
@@ -296,7 +296,7 @@ def _spot_check(array: zarr.Array, name: str, attrs: StoreAttrs, storage_dtype: 
 
 def _all_finite(values: np.ndarray, storage_dtype: str) -> bool:
     if storage_dtype == "bfloat16":
-        # A bf16 is Inf or NaN exactly when its exponent bits are all ones: one integer pass, ~7x faster
+        # A bf16 is Inf or NaN exactly when its exponent bits are all ones: one integer pass, much faster
         # than converting (this runs on every block Stage 1 writes).
         return values.size == 0 or int(np.max(values & _BF16_ABS)) < _BF16_EXPONENT
     return bool(np.isfinite(values).all())

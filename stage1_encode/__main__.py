@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.encoders import AssetsError
+from shared.asset_loading import AssetsError
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
 from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task

@@ -3,6 +3,11 @@ overrides and validated before any work starts.
 
 The dataclass defaults are the production settings (``configs/encode_cc12m.toml`` spells them out and a
 test keeps the two equal), so a config file only needs the keys it changes.
+
+Why not TorchTitan's ``ConfigManager`` (tyro), which Stage 2 uses: Stage 1 is not a TorchTitan job, and
+that manager parses TorchTitan's ``JobConfig`` tree, whose sections (job, model, training, …) Stage 1 has
+no use for. The loader below is small, takes the same ``--section.key value`` overrides, and names the
+section, key and expected type in every error.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class ImageConfig:
     size: int = 256
     """Output side in pixels; also the minimum accepted side (TorchTitan rejects smaller images)."""
     jpeg_draft: bool = False
-    """Let libjpeg decode at a reduced scale (>= size): ~2x faster, changes pixels; recorded in the identity."""
+    """Let libjpeg decode at a reduced scale (>= size): faster, changes pixels; recorded in the identity."""
     max_pixels: int = 89_478_485
     """Pillow's decompression-bomb guard: larger images are skipped as ``too_large`` before decoding."""
 
@@ -54,7 +59,7 @@ class EncodersConfig:
     compile: str = "auto"
     """``torch.compile`` the encoders: ``auto`` (on GPU only), ``on`` or ``off``."""
     ae_channels_last: bool = True
-    """channels_last AE input on GPU (measured 2x faster compiled); ignored on CPU."""
+    """channels_last AE input on GPU (faster compiled); ignored on CPU."""
 
     def validate(self) -> None:
         _choice("encoders.device", self.device, ("auto", "cuda", "cpu"))
@@ -93,8 +98,8 @@ class StorageConfig:
 
 
 AUTO_DECODE_MAX = 6
-"""One process decodes, crops and tokenizes ~300 CC12M-size samples/s, so six keep well ahead of an
-H100 (~170/s); more would only take CPU from the store writers."""
+"""Six decode processes keep well ahead of one H100's encoders (``bench/results/stage1_encode_h100.jsonl``);
+more would only take CPU from the store writers."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class WorkersConfig:
     """Worker jobs in flight: bounds memory while reading ahead, into the next tar."""
     stores_in_flight: int = 3
     """Tars encoded at once, batches taking turns, each written by its own process: one store's writer
-    (~120 samples/s on an H100 host) cannot keep up with the GPU; three write ~170-190/s together."""
+    cannot keep up with the GPU, three can (``bench/results/stage1_writer_h100.jsonl``)."""
 
     def validate(self) -> None:
         _require(self.decode >= -1, "workers.decode must be -1 (auto), 0 (in-process) or a count")
@@ -154,15 +159,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[tuple
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         for section, table in data.items():
-            cls = _section_class(section)
+            _section_class(section)
             if not isinstance(table, dict):
                 raise ConfigError(f"[{section}] must be a table")
             for key, value in table.items():
-                values.setdefault(section, {})[key] = _check_type(section, key, _field_type(cls, section, key), value)
+                values.setdefault(section, {})[key] = _check_type(section, key, _field_type(section, key), value)
     for dotted, text in overrides:
         section, _, key = dotted.partition(".")
-        cls = _section_class(section)
-        values.setdefault(section, {})[key] = _parse(section, key, _field_type(cls, section, key), text)
+        values.setdefault(section, {})[key] = _parse(section, key, _field_type(section, key), text)
     sections = {}
     for f in dataclasses.fields(EncodeConfig):
         section = _section_types()[f.name](**values.get(f.name, {}))
@@ -202,8 +206,8 @@ def _section_class(section: str) -> type:
     return types_[section]
 
 
-def _field_type(cls: type, section: str, key: str) -> type:
-    hints = typing.get_type_hints(cls)
+def _field_type(section: str, key: str) -> type:
+    hints = typing.get_type_hints(_section_class(section))
     if key not in hints:
         raise ConfigError(f"unknown config key {section}.{key} (known: {', '.join(hints)})")
     return hints[key]

@@ -15,11 +15,11 @@ import torch
 from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreWriter
+from stage1_encode.captions import tokenize
 from stage1_encode.config import EncodeConfig
 from stage1_encode.encode import BatchEncoder
 from stage1_encode.identity import build_identity
 from stage1_encode.temporaries import remove_stale_temporaries
-from stage1_encode.tokenize import tokenize
 from stage1_encode.writer import remove_orphaned_buffers
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from shared import contract
-from shared import encoders as assets_api
+from shared import asset_loading
 from stage1_encode.config import BatchConfig
 
 
@@ -45,14 +45,14 @@ class Encoders:
 
 
 def load_encoders(assets: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> Encoders:
-    """The encoders of an assets directory, loaded as TorchTitan loads them (``shared.encoders``)."""
-    ae = assets_api.load_autoencoder(assets, device, dtype)
+    """The encoders of an assets directory, loaded as TorchTitan loads them (``shared.asset_loading``)."""
+    ae = asset_loading.load_autoencoder(assets, device, dtype)
     return Encoders(
-        t5=assets_api.load_t5(assets, device, dtype),
-        clip=assets_api.load_clip(assets, device, dtype),
+        t5=asset_loading.load_t5(assets, device, dtype),
+        clip=asset_loading.load_clip(assets, device, dtype),
         ae_encoder=ae.encoder,
-        ae_params=dataclasses.asdict(assets_api.autoencoder_params(assets)),
-        hashes=assets_api.asset_hashes(assets),
+        ae_params=dataclasses.asdict(asset_loading.autoencoder_params(assets)),
+        hashes=asset_loading.asset_hashes(assets),
         device=device,
         dtype=dtype,
     )

@@ -18,8 +18,9 @@ from typing import Callable, TextIO
 
 import torch
 
-from shared import contract, encoders as assets_api
+from shared import asset_loading, contract
 from stage1_encode import sources
+from stage1_encode.captions import TokenizerFactory
 from stage1_encode.config import EncodeConfig
 from stage1_encode.dataset_setup import (
     Stage1Error,
@@ -32,9 +33,8 @@ from stage1_encode.dataset_setup import (
 from stage1_encode.encode import BatchEncoder, Encoders, load_encoders
 from stage1_encode.identity import image_policy
 from stage1_encode.prepare import Workers
-from stage1_encode.progress import Summary
+from stage1_encode.progress import TaskResult
 from stage1_encode.scheduler import encode_tars
-from stage1_encode.tokenize import TokenizerFactory
 
 EncodersFactory = Callable[[torch.device, torch.dtype], Encoders]
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -57,15 +57,15 @@ def run_task(
     encoders_factory: EncodersFactory | None = None,
     tokenizer_factory: TokenizerFactory | None = None,
     out: TextIO = sys.stdout,
-) -> Summary:
+) -> TaskResult:
     """Encode this task's tars into ``task.output``. Cheap checks (assets, inputs) run before anything
     starts; ``encoders_factory``/``tokenizer_factory`` replace loading from ``task.assets`` (benchmark)."""
     started = time.time()
-    assets_api.check_assets(task.assets)
+    asset_loading.check_assets(task.assets)
     tars = sources.task_tars(sources.list_tars(task.input), task.task_index, task.num_tasks)
     device, dtype, compile_ = resolve_compute(config)
     tokenizer_factory = tokenizer_factory or functools.partial(
-        assets_api.load_tokenizers, task.assets, config.text.t5_max_length
+        asset_loading.load_tokenizers, task.assets, config.text.t5_max_length
     )
     workers = Workers(
         config.workers.resolved_decode(), tokenizer_factory, image_policy(config), config.text.t5_max_length

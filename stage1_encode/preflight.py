@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-from shared import contract
-from shared import encoders
+from shared import asset_loading, contract
+from shared.asset_loading import AssetsError, asset_hashes, cached_asset_hashes
 from shared.assets.hub import free_bytes
 from shared.contract import ContractError
-from shared.encoders import AssetsError, asset_hashes, cached_asset_hashes
 from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, WARN, Row, failed, render
 from shared.units import size
@@ -35,8 +34,8 @@ from stage1_encode.sources import SourcesError, TarSource, list_tars
 Hashes = dict[str, dict[str, str]]
 
 COMPRESSION = 1.4
-"""Lossless ratio of blosc-zstd on real T5 activations (notes/zarr-layout.md: 1.43); the stored size of
-a sample is estimated as its raw tensor bytes over this."""
+"""Lossless ratio of blosc-zstd on real T5 activations, an estimate: the stored size of a sample is its
+raw tensor bytes over this until a dataset has committed stores to measure."""
 INPUT_BYTES_PER_SAMPLE = 91_000
 """CC12M: ~1 TB of tars for 10,968,539 samples; a tar's sample count is estimated from its size."""
 
@@ -139,9 +138,9 @@ def _fingerprint(files: dict[str, str]) -> str:
 def raw_bytes_per_sample(image_size: int, t5_max_length: int, storage_dtype: str, assets: Path) -> float:
     """Raw tensor bytes of one stored sample, from the config and the assets' own shapes (T5 width from
     its config.json, CLIP's, the AE's latent channels and downsampling from its weights' header)."""
-    t5_dim = _config_value(assets / encoders.T5_DIR, "d_model")
-    clip_dim = _config_value(assets / encoders.CLIP_DIR, "hidden_size")
-    ae = encoders.autoencoder_params(assets)
+    t5_dim = _config_value(assets / asset_loading.T5_DIR, "d_model")
+    clip_dim = _config_value(assets / asset_loading.CLIP_DIR, "hidden_size")
+    ae = asset_loading.autoencoder_params(assets)
     latent = image_size // 2 ** (len(ae.ch_mult) - 1)
     itemsize = 2 if storage_dtype == "bfloat16" else 4
     return itemsize * (t5_max_length * t5_dim + clip_dim + 2 * ae.z_channels * latent * latent)

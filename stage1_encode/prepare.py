@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from stage1_encode.captions import TokenizerFactory, caption_text, tokenize
 from stage1_encode.decode import Cropped, ImagePolicy, decode_image
 from stage1_encode.skips import Skip, SkipReason
 from stage1_encode.tars import RawSample
-from stage1_encode.tokenize import TokenizerFactory, caption_text, tokenize
 
 
 @dataclass

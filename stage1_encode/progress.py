@@ -25,7 +25,7 @@ def slurm_job() -> str | None:
 
 
 @dataclass(frozen=True)
-class Summary:
+class TaskResult:
     """What a task did (returned to callers: tests, the benchmark)."""
 
     stores_committed: int
@@ -125,9 +125,9 @@ class Progress:
         )
         self._write_heartbeat(now, state, rate, message)
 
-    def summary(self, seconds: float) -> Summary:
+    def result(self, seconds: float) -> TaskResult:
         now = time.time()
-        return Summary(
+        return TaskResult(
             len(self._committed), len(self._already_done), self._samples, dict(self._skipped), seconds,
             now - self._started, now - self._last_encoded,
         )

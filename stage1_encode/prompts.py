@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import contract, encoders as assets_api, torch_storage
+from shared import asset_loading, contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader, StoreWriter
+from stage1_encode.captions import tokenize
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
-from stage1_encode.encode import BatchEncoder, load_encoders
 from stage1_encode.dataset_setup import (
     Stage1Error,
     identity_and_empty_prompt,
@@ -30,8 +30,8 @@ from stage1_encode.dataset_setup import (
     write_empty_prompt,
     write_identity,
 )
+from stage1_encode.encode import BatchEncoder, load_encoders
 from stage1_encode.temporaries import remove_stale_temporaries
-from stage1_encode.tokenize import tokenize
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -58,11 +58,11 @@ def encode_prompt_set(config: EncodeConfig, prompts_file: Path, output: Path, as
     existing = stored_prompts(output)
     if existing is not None and existing != prompts:
         raise Stage1Error(f"{output} already holds {len(existing)} other prompts; use a new --output")
-    assets_api.check_assets(assets)
+    asset_loading.check_assets(assets)
     device, dtype, compile_ = resolve_compute(config)
     encoders = load_encoders(assets, device, dtype)
     encoder = BatchEncoder(encoders, config.batch, compile_, channels_last=False)
-    tokenizers = assets_api.load_tokenizers(assets, config.text.t5_max_length)
+    tokenizers = asset_loading.load_tokenizers(assets, config.text.t5_max_length)
     identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizers, dtype, compile_)
     write_identity(output, assets, identity)  # refuses a set made otherwise
     if existing is not None:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         written = encode_prompt_set(config, args.prompts, args.output, args.assets)
-    except (OSError, assets_api.AssetsError, ContractError, Stage1Error) as exc:
+    except (OSError, asset_loading.AssetsError, ContractError, Stage1Error) as exc:
         print(f"stage1_encode.prompts: error: {exc}", file=sys.stderr)
         return 1
     print(f"stage1_encode.prompts: {args.output} {'written' if written else 'already holds these prompts'}")

@@ -29,7 +29,7 @@ from stage1_encode.config import EncodeConfig
 from stage1_encode.dataset_setup import remove_stale
 from stage1_encode.encode import BatchEncoder
 from stage1_encode.prepare import Prepared, Workers
-from stage1_encode.progress import Progress, Summary, slurm_job
+from stage1_encode.progress import Progress, TaskResult, slurm_job
 from stage1_encode.sources import TarSource
 from stage1_encode.skips import Skip
 from stage1_encode.tars import read_tar
@@ -46,7 +46,7 @@ def encode_tars(
     identity: Identity,
     started: float,
     out: TextIO,
-) -> Summary:
+) -> TaskResult:
     """Encode ``tars`` (those of array task ``task`` = (index, count)) into stores of ``dataset``;
     tars whose store is committed already are counted, not encoded again."""
     shards = contract.shards_dir(dataset)
@@ -87,7 +87,7 @@ def encode_tars(
         progress.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     progress.finish("done")
-    return progress.summary(time.time() - started)
+    return progress.result(time.time() - started)
 
 
 # --------------------------------------------------------------------------- what a feeder yields

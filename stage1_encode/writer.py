@@ -1,8 +1,9 @@
 """Writing stores in separate processes, so compression and checksums never hold the GPU back.
 
-Measured on an H100 host (``bench/stage1_writer.py``): one process writes ~120 samples/s (blosc-zstd,
-SHA-256, CRC, finite check, commit) while the encoders make ~165, and threads do not add much (the GIL,
-and zarr runs every call on one event-loop thread), so each store writer is a process of its own:
+One process writing a store (blosc-zstd, SHA-256, CRC, finite check, commit) is slower than the
+encoders on an H100 (``bench/stage1_writer.py`` -> ``bench/results/stage1_writer_h100.jsonl``), and
+threads do not add much (the GIL, and zarr runs every call on one event-loop thread), so each store
+writer is a process of its own:
 
 * encoded tensors go from the GPU straight into one of two shared-memory buffers per writer
   (page-locked when on CUDA, so the copy is an asynchronous DMA); the batch is handed to the writer
@@ -300,7 +301,11 @@ def _serve(
     conn: Connection, dataset: str, identity: dict, samples_per_shard: int, batch_size: int,
     written_by: dict[str, Any], buffer_names: list[str],
 ) -> None:
-    """The writer process: one ``StoreWriter`` appended to at a time, commits on a thread."""
+    """The writer process: one ``StoreWriter`` appended to at a time, commits on a thread.
+
+    One function rather than a class: its few closures share the process's state (the pipe's lock, the
+    failure flag, the pending commits), and the loop reads top to bottom as the protocol it serves.
+    """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past RLIMIT_FSIZE: EFBIG, reported as a full disk
     ident = Identity.from_dict(identity)
     specs = contract.array_specs(ident)

@@ -4,13 +4,14 @@ Reads as TorchTitan does, one module per job:
 
     flavors / flops      the model shapes (TorchTitan's FluxModel) and their training FLOPs per sample
     parallelize          AC, per-block compile, FSDP2/HSDP (replicas synchronised at shard degree 1)
-    identity             refuse a dataset made for another model or setting
+    identity_check       refuse a dataset made for another model or setting
     sampler / data       disjoint, shuffled, resumable sample order per rank; Zarr reads; batches
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
     trainer              FluxTrainer minus its encoders
     validator            validation loss and sample images on TorchTitan's validation schedule:
-      validation           loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
+      validation_loss      loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
       prompt_set / sampling / images   stored prompt encodings -> denoise -> AE decoder -> PNG grid
     metrics / ledger     samples/s, MFU, data wait; per-step record of samples and loss
     train_spec / launch  registration and the ``python -m stage2_train`` entry (CPU/gloo without CUDA)
+    preflight            ``python -m stage2_train.preflight``: GPUs, network, dataset and checkpoint space
 """

@@ -26,7 +26,7 @@ from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
 from stage2_train.flavors import FLAVORS
-from stage2_train.identity import check_identity
+from stage2_train.identity_check import check_identity
 from stage2_train.sampler import EpochBatchSampler
 
 TENSORS = contract.TENSORS

@@ -3,7 +3,7 @@
 Every rank denoises an equal share of the prompts (under FSDP each forward pass needs every rank) and
 the latents are all-gathered; rank 0 alone decodes them with the AE decoder — loaded on first use, from
 the assets directory the training dataset recorded (or ``encoder.autoencoder_path``), checked to be the
-AE the dataset was encoded with — and writes the grid (``shared.inspect.grid``) to
+AE the dataset was encoded with — and writes the grid (``shared.inspection.grid``) to
 ``<dump_folder>/<validation.save_img_folder>/step-NNNNNN.png``.
 """
 
@@ -25,7 +25,7 @@ from torchtitan.models.flux.model.autoencoder import AutoEncoder
 from torchtitan.tools.logging import logger
 
 from shared.contract import Identity
-from shared.inspect.grid import ae_assets_dir, decode_latents, grid_image, load_dataset_ae
+from shared.inspection.grid import ae_assets_dir, decode_latents, grid_image, load_dataset_ae
 from stage2_train.prompt_set import PromptSet
 from stage2_train.sampling import denoise, prompt_noise
 

@@ -28,7 +28,7 @@ from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, Row, failed, render
 from shared.units import count, size
 from stage2_train.flavors import FLAVORS
-from stage2_train.identity import identity_differences
+from stage2_train.identity_check import identity_differences
 
 TRAIN_BYTES_PER_PARAM = 16
 """Training state in memory: fp32 weights, gradients and AdamW's two moments."""
@@ -97,7 +97,7 @@ def train_rows(
 
 
 def model_parameters(flavor: FluxModelArgs) -> int:
-    """Parameters of the Flux transformer, counted on the meta device (no memory, ~0.1 s for 12 B)."""
+    """Parameters of the Flux transformer, counted on the meta device (no memory, quick even for 12 B)."""
     from torchtitan.models.flux.model.model import FluxModel
 
     with torch.device("meta"):

@@ -17,7 +17,7 @@ from torchtitan.models.flux.utils import create_position_encoding_for_latents, p
 from stage2_train.step import POSITION_DIM, mixed_seed
 
 NOISE_STREAM = 2
-"""Tags the images' noise seeds, apart from the validation draws (``validation.DRAW_STREAM``)."""
+"""Tags the images' noise seeds, apart from the validation draws (``validation_loss.DRAW_STREAM``)."""
 
 
 def prompt_noise(seed: int, prompts: list[int], shape: tuple[int, ...]) -> torch.Tensor:

@@ -6,7 +6,7 @@ one, built when ``validation.enable`` is set, runs on TorchTitan's schedule (at 
 ``freq`` steps, after that step's checkpoint):
 
 * ``validation.dataset_path`` (a held-out Stage 1 dataset, identity equal to the training dataset's):
-  the loss, deterministic (``stage2_train.validation``), logged as TorchTitan logs validation
+  the loss, deterministic (``stage2_train.validation_loss``), logged as TorchTitan logs validation
   (stdout, ``validation_metrics/loss`` to TensorBoard and wandb), every ``validation.freq`` steps.
 * ``validation.prompts_path`` (a prompt set fitting the training dataset's text encoders): a grid of
   sample images (``stage2_train.images``), saved as PNG and logged as ``validation_images/prompts``,
@@ -40,7 +40,7 @@ from stage2_train.flavors import FLAVORS
 from stage2_train.images import ImageSampler
 from stage2_train.metrics import SampleMetricsProcessor
 from stage2_train.prompt_set import load_prompt_set
-from stage2_train.validation import STRATIFIED_TIMESTEPS, ValidationLoss
+from stage2_train.validation_loss import STRATIFIED_TIMESTEPS, ValidationLoss
 
 IMAGE_TAG = "validation_images/prompts"
 

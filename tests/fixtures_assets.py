@@ -1,7 +1,7 @@
 """Session fixture: tiny FLUX.1-schnell-layout assets (``python -m shared.assets tiny``, seed 0).
 
 Register with ``pytest_plugins = ["fixtures_assets"]``. Treat the directory as read-only; copy it to
-change files. ``shared.encoders.asset_hashes`` may add its hidden hash cache there.
+change files. ``shared.asset_loading.asset_hashes`` may add its hidden hash cache there.
 """
 
 from pathlib import Path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import encoders
+from shared import asset_loading
 from shared.assets import fetch, sample_data, write_sample_tars
 from shared.assets.__main__ import main
 
@@ -42,14 +42,14 @@ def test_tiny_dims(tiny_assets):
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=77, projection_dim=32,
     )
-    t5_tok, clip_tok = encoders.load_tokenizers(tiny_assets, t5_max_length=256)
+    t5_tok, clip_tok = asset_loading.load_tokenizers(tiny_assets, t5_max_length=256)
     assert t5["vocab_size"] == len(t5_tok.hf_tokenizer) == 800
     assert clip["vocab_size"] == len(clip_tok.hf_tokenizer) == 1000
     assert clip["eos_token_id"] == clip_tok.hf_tokenizer.eos_token_id == 999
     assert t5_tok.hf_tokenizer.convert_tokens_to_ids(["<pad>", "</s>", "<unk>", "<extra_id_0>", "<extra_id_99>"]) == [
         0, 1, 2, 799, 700
     ]
-    params = encoders.autoencoder_params(tiny_assets)
+    params = asset_loading.autoencoder_params(tiny_assets)
     assert (params.ch, params.ch_mult, params.num_res_blocks, params.z_channels) == (32, (1, 1, 1, 1), 1, 16)
 
 
@@ -57,7 +57,7 @@ def test_tiny_is_deterministic(tiny_assets, tmp_path):
     """A second run with the same seed, through the command line, writes byte-identical files."""
     result = run_cli("tiny", "--out", str(tmp_path / "again"), "--seed", "0")
     assert result.returncode == 0, result.stderr
-    assert encoders.asset_hashes(tmp_path / "again") == encoders.asset_hashes(tiny_assets)
+    assert asset_loading.asset_hashes(tmp_path / "again") == asset_loading.asset_hashes(tiny_assets)
     assert (tmp_path / "again" / "README.md").read_bytes() == (tiny_assets / "README.md").read_bytes()
 
 
@@ -70,7 +70,7 @@ def test_sample_tars_read_back(tiny_assets, tmp_path):
 
     paths = write_sample_tars(tmp_path, shards=2, per_shard=12, seed=3)
     assert [p.name for p in paths] == ["cc12m-train-0000.tar", "cc12m-train-0001.tar"]
-    _, clip_tok = encoders.load_tokenizers(tiny_assets, t5_max_length=256)
+    _, clip_tok = asset_loading.load_tokenizers(tiny_assets, t5_max_length=256)
     seen: Counter = Counter()
     keys = []
     for sample in wds.WebDataset([str(p) for p in paths], shardshuffle=False, empty_check=False):
@@ -163,10 +163,10 @@ def test_fetch_checks_disk_space_before_downloading(tmp_path, monkeypatch):
 def test_fetch_verifies_and_warms_hash_cache(tiny_assets, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     monkeypatch.setattr(fetch, "free_bytes", lambda path: 1 << 50)
-    no_cache = shutil.ignore_patterns(encoders.HASH_CACHE)
+    no_cache = shutil.ignore_patterns(asset_loading.HASH_CACHE)
     monkeypatch.setattr(fetch, "_download", lambda out, token: shutil.copytree(tiny_assets, out, ignore=no_cache))
     out = fetch.fetch_assets(tmp_path / "assets")
-    assert (out / encoders.HASH_CACHE).is_file()
+    assert (out / asset_loading.HASH_CACHE).is_file()
     monkeypatch.setattr(fetch, "_download", lambda out, token: (out / "text_encoder" / "config.json").unlink())
     with pytest.raises(fetch.FetchError, match="not usable: .*text_encoder/config.json: missing"):
         fetch.fetch_assets(out)

@@ -23,7 +23,7 @@ from torchtitan.models.flux.model.autoencoder import AutoEncoder, AutoEncoderPar
 from shared import contract, torch_storage
 from shared.contract import Identity
 from shared.heartbeat import Heartbeat, write_heartbeat
-from shared.inspect import grid, report, samples, summary, verify
+from shared.inspection import grid, report, samples, summary, verify
 from shared.inspect_shards import main
 from shared.store import StoreWriter
 from shared.synthetic import write_synthetic_dataset

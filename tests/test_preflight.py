@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared import contract, encoders
+from shared import asset_loading, contract
 from shared.preflight import system
 from shared.preflight.system import Cluster
 from shared.preflight.table import FAIL, OK, WARN, Row, render
@@ -177,7 +177,7 @@ def test_encode_stage(encode_inputs, tmp_path, capsys, monkeypatch):
     # --hash hashes once and fills the cache; later runs read it.
     assert encode_main([*tiny, "--hash"]) == 0 and table(capsys.readouterr().out)["assets"][0] == OK
     hashed = []
-    monkeypatch.setattr(encoders, "_sha256", lambda path: hashed.append(path))
+    monkeypatch.setattr(asset_loading, "_sha256", lambda path: hashed.append(path))
     assert encode_main(tiny) == 0 and table(capsys.readouterr().out)["assets"][0] == OK and hashed == []
 
     # The production config on this CPU machine: encoders.device "auto" warns, "cuda" fails.

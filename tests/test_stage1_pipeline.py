@@ -19,8 +19,8 @@ import pytest
 import zarr
 
 from shared import contract, heartbeat
+from shared.asset_loading import AssetsError
 from shared.assets import write_sample_tars
-from shared.encoders import AssetsError
 from shared.store import verify_store
 from stage1_encode.config import load_config
 from stage1_encode.dataset_setup import Stage1Error

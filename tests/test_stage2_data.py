@@ -14,7 +14,7 @@ from shared.store import StoreReader
 from shared.synthetic import schnell_identity
 from stage2_train.data import PrecomputedDataset, build_precomputed_dataloader, collate, load_empty_prompt, open_dataset
 from stage2_train.flavors import FLAVORS
-from stage2_train.identity import identity_differences
+from stage2_train.identity_check import identity_differences
 from stage2_train.sampler import EpochBatchSampler
 from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, tiny_identity, write_tiny_dataset
 

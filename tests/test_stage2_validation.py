@@ -29,7 +29,7 @@ from torchtitan.models.flux.utils import create_position_encoding_for_latents, p
 from shared import contract
 from shared.assets import write_sample_tars
 from shared.contract import ContractError
-from shared.inspect.grid import grid_size
+from shared.inspection.grid import grid_size
 from shared.store import StoreReader
 from stage1_encode import prompts as prompt_cli
 from stage1_encode.config import load_config
@@ -39,7 +39,7 @@ from stage2_train.flavors import FLAVORS
 from stage2_train.prompt_set import load_prompt_set
 from stage2_train.sampling import denoise
 from stage2_train.step import mixed_seed
-from stage2_train.validation import DRAW_STREAM, STRATIFIED_TIMESTEPS, ValidationLoss, rank_batches
+from stage2_train.validation_loss import DRAW_STREAM, STRATIFIED_TIMESTEPS, ValidationLoss, rank_batches
 from stage2_train.validator import IMAGE_TAG, check_held_out
 from test_stage2_helpers import REPO_ROOT, parse_job_config, run_stage2, tiny_identity, write_tiny_dataset
 

@@ -7,7 +7,7 @@
                                   [--task-index I --num-tasks N]
                                                                CC12M's tars (needs HF_TOKEN, ~1 TB)
 
-``tiny`` and ``fetch`` write the layout ``shared.encoders`` loads; ``sample-data`` writes tars in the
+``tiny`` and ``fetch`` write the layout ``shared.asset_loading`` loads; ``sample-data`` writes tars in the
 format Stage 1 (and TorchTitan's ``cc12m-test`` loader) reads, ``cc12m`` the real ones (resumable: a
 rerun fetches only what is missing; ``slurm/download_cc12m.sbatch`` spreads it over an array job).
 Heavy libraries load only when used.

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from shared.assets.hub import FetchError, HubDataset, free_bytes, hub_errors, require_space, require_token
-from shared.assets.mirror import Progress, Remote, mirror, to_fetch
+from shared.assets.mirror import DownloadProgress, Remote, mirror, to_fetch
 from shared.tasks import task_slice
 
 REPO_ID = "pixparse/cc12m-wds"
@@ -58,5 +58,5 @@ def mirror_tars(remote: Remote, out: Path, names: list[str], workers: int, verif
     todo = to_fetch(files, out, verify, workers)
     todo_bytes = sum(f.size for f in todo)
     require_space(out, todo_bytes, free_bytes(out))
-    mirror(remote, todo, out, workers, Progress("cc12m", len(todo), todo_bytes, interval_s))
+    mirror(remote, todo, out, workers, DownloadProgress("cc12m", len(todo), todo_bytes, interval_s))
     return f"{len(files)} tars in {out}: {len(todo)} fetched, {len(files) - len(todo)} already there"

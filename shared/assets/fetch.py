@@ -25,7 +25,7 @@ def fetch_assets(out: str | os.PathLike) -> Path:
     require_space(out, max(0, EXPECTED_BYTES - _present_bytes(out)), free_bytes(out))
     _download(out, token)
 
-    from shared.encoders import AssetsError, asset_hashes
+    from shared.asset_loading import AssetsError, asset_hashes
 
     try:
         asset_hashes(out)  # checks completeness, then caches the digests for every later run

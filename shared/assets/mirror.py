@@ -51,7 +51,7 @@ def to_fetch(files: list[RemoteFile], out: Path, verify: bool, workers: int) -> 
     return [f for f, problem in zip(files, problems) if problem]
 
 
-def mirror(remote: Remote, files: list[RemoteFile], out: Path, workers: int, progress: Progress) -> None:
+def mirror(remote: Remote, files: list[RemoteFile], out: Path, workers: int, progress: DownloadProgress) -> None:
     """Fetch ``files`` with ``workers`` threads; the first failure stops new starts and is raised."""
     (out / STAGING).mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(workers) as pool:
@@ -94,7 +94,7 @@ def _fetch_one(remote: Remote, file: RemoteFile, out: Path) -> int:
     return file.size
 
 
-class Progress:
+class DownloadProgress:
     """A line every ``interval_s`` and at the end: files and bytes done, this run's rate, time left."""
 
     def __init__(self, label: str, files: int, total_bytes: int, interval_s: float):

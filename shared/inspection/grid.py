@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
-from shared.inspect.samples import Sample
+from shared.inspection.samples import Sample
 
 if TYPE_CHECKING:
     from torchtitan.models.flux.model.autoencoder import AutoEncoder
@@ -66,7 +66,7 @@ def load_dataset_ae(
 ) -> tuple["AutoEncoder", Path, bool]:
     """The AE ``dataset`` was encoded with, checked (architecture; SHA-256 where the identity records it)
     and loaded on ``device`` (bf16 on GPU, fp32 on CPU). Returns (AE, weights file, whether hash-checked)."""
-    from shared.encoders import AE_FILE, load_autoencoder
+    from shared.asset_loading import AE_FILE, load_autoencoder
 
     weights = ae_assets_dir(dataset, ae_dir) / AE_FILE
     checked = check_ae_weights(weights, identity)
@@ -78,7 +78,7 @@ def load_dataset_ae(
 
 def ae_assets_dir(dataset: str | os.PathLike, ae_dir: str | os.PathLike | None) -> Path:
     """``--ae`` (an assets dir, or its ``ae.safetensors``), else the assets dir Stage 1 recorded."""
-    from shared.encoders import AE_FILE
+    from shared.asset_loading import AE_FILE
 
     if ae_dir is None:
         recorded = contract.read_dataset_json(dataset).get(contract.ASSETS_DIR_KEY)

@@ -1,4 +1,4 @@
-"""shared.encoders on the tiny assets: it computes what TorchTitan's own classes compute from the same files,
+"""shared.asset_loading on the tiny assets: it computes what TorchTitan's own classes compute from the same files,
 infers the AE architecture (tiny and real schnell), and checks and hashes the assets directory."""
 
 import hashlib
@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared import encoders
+from shared import asset_loading
 from shared.assets import corpus
 from shared.assets.tiny import AE_DIMS
 
@@ -47,7 +47,7 @@ def test_tokenizers_match_flux_tokenizer(tiny_assets, tmp_path):
     from torchtitan.models.flux.tokenizer import FluxTokenizer
 
     links = torchtitan_view(tiny_assets, tmp_path)
-    t5, clip = encoders.load_tokenizers(tiny_assets, t5_max_length=256)
+    t5, clip = asset_loading.load_tokenizers(tiny_assets, t5_max_length=256)
     ref_t5 = FluxTokenizer(str(tiny_assets / "tokenizer_2"), max_length=256)
     ref_clip = FluxTokenizer(links["clip_tokenizer"], max_length=77)
     assert not ref_t5.is_clip and ref_clip.is_clip
@@ -58,7 +58,7 @@ def test_tokenizers_match_flux_tokenizer(tiny_assets, tmp_path):
 def test_tokenizers_pad_and_truncate(tiny_assets):
     import sentencepiece as spm
 
-    t5, clip = encoders.load_tokenizers(tiny_assets, t5_max_length=256)
+    t5, clip = asset_loading.load_tokenizers(tiny_assets, t5_max_length=256)
     short, long = "A red dog on the beach.", " ".join(corpus.caption(random.Random(i)) for i in range(40))
     t5_ids, clip_ids = t5.encode([short, long]), clip.encode([short, long])
     assert t5_ids.shape == (2, 256) and clip_ids.shape == (2, 77) and t5_ids.dtype == clip_ids.dtype == torch.int64
@@ -79,7 +79,7 @@ def test_sentencepiece_and_hf_t5_tokenizer_agree(tiny_assets):
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tiny_assets / "tokenizer_2" / "spiece.model"))
-    t5, _ = encoders.load_tokenizers(tiny_assets, t5_max_length=512)
+    t5, _ = asset_loading.load_tokenizers(tiny_assets, t5_max_length=512)
     texts = [c for c in CAPTIONS if "<" not in c]  # spm does not know HF's special tokens
     ids = t5.encode(texts)
     for text, row in zip(texts, ids.tolist()):
@@ -92,9 +92,9 @@ def test_text_encoders_match_flux_embedder(tiny_assets, tmp_path, dtype):
     from torchtitan.models.flux.model.hf_embedder import FluxEmbedder
 
     links = torchtitan_view(tiny_assets, tmp_path)
-    t5_tok, clip_tok = encoders.load_tokenizers(tiny_assets, t5_max_length=256)
+    t5_tok, clip_tok = asset_loading.load_tokenizers(tiny_assets, t5_max_length=256)
     t5_ids, clip_ids = t5_tok.encode(CAPTIONS), clip_tok.encode(CAPTIONS)
-    t5, clip = encoders.load_t5(tiny_assets, "cpu", dtype), encoders.load_clip(tiny_assets, "cpu", dtype)
+    t5, clip = asset_loading.load_t5(tiny_assets, "cpu", dtype), asset_loading.load_clip(tiny_assets, "cpu", dtype)
     # As FluxTrainer builds them: FluxEmbedder(path).to(device, dtype).
     ref_t5 = FluxEmbedder(str(tiny_assets / "text_encoder_2")).to(device="cpu", dtype=dtype)
     ref_clip = FluxEmbedder(links["clip_text_encoder"]).to(device="cpu", dtype=dtype)
@@ -108,8 +108,8 @@ def test_text_encoders_match_flux_embedder(tiny_assets, tmp_path, dtype):
 
 
 def test_clip_pools_at_first_end_token(tiny_assets):
-    _, clip_tok = encoders.load_tokenizers(tiny_assets, t5_max_length=256)
-    clip = encoders.load_clip(tiny_assets)
+    _, clip_tok = asset_loading.load_tokenizers(tiny_assets, t5_max_length=256)
+    clip = asset_loading.load_clip(tiny_assets)
     ids = clip_tok.encode(CAPTIONS)
     with torch.no_grad():
         out = clip.hf_module(input_ids=ids)
@@ -120,9 +120,9 @@ def test_clip_pools_at_first_end_token(tiny_assets):
 def test_autoencoder_matches_load_ae(tiny_assets):
     from torchtitan.models.flux.model.autoencoder import AutoEncoderParams, load_ae
 
-    params = encoders.autoencoder_params(tiny_assets)
+    params = asset_loading.autoencoder_params(tiny_assets)
     assert params == AutoEncoderParams(**AE_DIMS)
-    ae = encoders.load_autoencoder(tiny_assets, "cpu", torch.float32)
+    ae = asset_loading.load_autoencoder(tiny_assets, "cpu", torch.float32)
     ref = load_ae(str(tiny_assets / "ae.safetensors"), AutoEncoderParams(**AE_DIMS), device="cpu", dtype=torch.float32)
     images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_autoencoder_params_of_real_schnell_file(tmp_path):
     with torch.device("meta"):
         shapes = {k: list(v.shape) for k, v in AutoEncoder(schnell).state_dict().items()}
     write_sparse_safetensors(tmp_path / "ae.safetensors", shapes)
-    assert encoders.autoencoder_params(tmp_path) == schnell
+    assert asset_loading.autoencoder_params(tmp_path) == schnell
 
 
 def write_sparse_safetensors(path: Path, shapes: dict[str, list[int]]) -> None:
@@ -162,8 +162,8 @@ def test_load_autoencoder_refuses_missing_or_extra_keys(assets_copy):
     state = load_file(path)
     state["encoder.extra.weight"] = state.pop("decoder.mid.attn_1.q.weight")
     save_file(state, path)
-    with pytest.raises(encoders.AssetsError, match=r"decoder\.mid\.attn_1\.q\.weight.*encoder\.extra\.weight"):
-        encoders.load_autoencoder(assets_copy)
+    with pytest.raises(asset_loading.AssetsError, match=r"decoder\.mid\.attn_1\.q\.weight.*encoder\.extra\.weight"):
+        asset_loading.load_autoencoder(assets_copy)
 
 
 def test_text_encoder_refuses_incomplete_weights(assets_copy, caplog):
@@ -171,12 +171,12 @@ def test_text_encoder_refuses_incomplete_weights(assets_copy, caplog):
     path = assets_copy / "text_encoder" / "model.safetensors"
     state = load_file(path)
     save_file(state | {"text_model.extra": torch.zeros(1)}, path, metadata={"format": "pt"})
-    encoders.load_clip(assets_copy)
+    asset_loading.load_clip(assets_copy)
     assert "ignoring tensors" in caplog.text and "extra" in caplog.text
     del state["text_model.final_layer_norm.weight"]
     save_file(state, path, metadata={"format": "pt"})
-    with pytest.raises(encoders.AssetsError, match="final_layer_norm.weight"):
-        encoders.load_clip(assets_copy)
+    with pytest.raises(asset_loading.AssetsError, match="final_layer_norm.weight"):
+        asset_loading.load_clip(assets_copy)
 
 
 def test_sharded_t5_checkpoint(assets_copy):
@@ -189,48 +189,48 @@ def test_sharded_t5_checkpoint(assets_copy):
     model.save_pretrained(folder, max_shard_size="100KB")
     shards = sorted(folder.glob("model-*.safetensors"))
     assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
-    encoders.load_t5(assets_copy)
-    assert set(encoders.asset_hashes(assets_copy)["t5"]) == {
+    asset_loading.load_t5(assets_copy)
+    assert set(asset_loading.asset_hashes(assets_copy)["t5"]) == {
         f"text_encoder_2/{p.name}" for p in folder.iterdir() if not p.name.startswith(".")
     }
     shards[-1].unlink()
-    with pytest.raises(encoders.AssetsError, match=f"text_encoder_2/{shards[-1].name}: missing"):
-        encoders.check_assets(assets_copy)
+    with pytest.raises(asset_loading.AssetsError, match=f"text_encoder_2/{shards[-1].name}: missing"):
+        asset_loading.check_assets(assets_copy)
 
 
 def test_check_assets_lists_every_problem(assets_copy, tmp_path):
-    encoders.check_assets(assets_copy)
+    asset_loading.check_assets(assets_copy)
     (assets_copy / "tokenizer_2" / "spiece.model").unlink()
     (assets_copy / "text_encoder" / "model.safetensors").unlink()
     with open(assets_copy / "ae.safetensors", "r+b") as f:
         f.truncate(1000)  # an interrupted download
-    with pytest.raises(encoders.AssetsError) as error:
-        encoders.check_assets(assets_copy)
+    with pytest.raises(asset_loading.AssetsError) as error:
+        asset_loading.check_assets(assets_copy)
     lines = str(error.value).splitlines()[1:]
     assert [line.split(":")[0].strip() for line in lines] == [
         "ae.safetensors", "text_encoder/model.safetensors", "tokenizer_2/spiece.model"
     ]
-    with pytest.raises(encoders.AssetsError, match="does not exist"):
-        encoders.check_assets(tmp_path / "nowhere")
+    with pytest.raises(asset_loading.AssetsError, match="does not exist"):
+        asset_loading.check_assets(tmp_path / "nowhere")
 
 
 def test_asset_hashes_are_sha256_and_cached(assets_copy, monkeypatch):
-    hashes = encoders.asset_hashes(assets_copy)
+    hashes = asset_loading.asset_hashes(assets_copy)
     assert set(hashes) == {"t5", "clip", "ae", "t5_tokenizer", "clip_tokenizer"}
-    assert set(hashes["clip_tokenizer"]) == {f"tokenizer/{n}" for n in encoders.TOKENIZER_FILES["tokenizer"]}
+    assert set(hashes["clip_tokenizer"]) == {f"tokenizer/{n}" for n in asset_loading.TOKENIZER_FILES["tokenizer"]}
     for files in hashes.values():
         for rel, digest in files.items():
             assert digest == hashlib.sha256((assets_copy / rel).read_bytes()).hexdigest()
-    assert (assets_copy / encoders.HASH_CACHE).is_file()
+    assert (assets_copy / asset_loading.HASH_CACHE).is_file()
 
     # Second call: nothing re-hashed. A changed file: only it.
     hashed = []
-    real_sha256 = encoders._sha256
-    monkeypatch.setattr(encoders, "_sha256", lambda p: hashed.append(p.name) or real_sha256(p))
-    assert encoders.asset_hashes(assets_copy) == hashes and hashed == []
+    real_sha256 = asset_loading._sha256
+    monkeypatch.setattr(asset_loading, "_sha256", lambda p: hashed.append(p.name) or real_sha256(p))
+    assert asset_loading.asset_hashes(assets_copy) == hashes and hashed == []
     config = assets_copy / "text_encoder" / "config.json"
     config.write_text(config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers":  2'))
-    changed = encoders.asset_hashes(assets_copy)
+    changed = asset_loading.asset_hashes(assets_copy)
     assert hashed == ["config.json"]
     assert changed["clip"]["text_encoder/config.json"] != hashes["clip"]["text_encoder/config.json"]
 
@@ -239,9 +239,9 @@ def test_asset_hashes_on_read_only_assets(assets_copy, monkeypatch, caplog):
     def refuse(*args):
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr(encoders.os, "replace", refuse)  # root ignores chmod, so fail the commit itself
-    first = encoders.asset_hashes(assets_copy)
-    assert encoders.asset_hashes(assets_copy) == first
-    assert not (assets_copy / encoders.HASH_CACHE).exists()
-    assert not [p for p in assets_copy.iterdir() if p.name.startswith(encoders.HASH_CACHE)]
+    monkeypatch.setattr(asset_loading.os, "replace", refuse)  # root ignores chmod, so fail the commit itself
+    first = asset_loading.asset_hashes(assets_copy)
+    assert asset_loading.asset_hashes(assets_copy) == first
+    assert not (assets_copy / asset_loading.HASH_CACHE).exists()
+    assert not [p for p in assets_copy.iterdir() if p.name.startswith(asset_loading.HASH_CACHE)]
     assert "recomputed on every run" in caplog.text

@@ -22,7 +22,7 @@ import torch
 
 from shared import contract, torch_storage
 from shared.contract import Identity
-from shared.inspect.summary import Finding, Summary, summarise
+from shared.inspection.summary import Finding, Summary, summarise
 from shared.store import verify_store
 
 MEAN_TOLERANCE = 0.5
@@ -165,7 +165,7 @@ def _run_checks(
     # forkserver: workers start from a clean, single-threaded process (fork after torch's thread
     # pools have started can deadlock), and start fast because the server imports torch/zarr once.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["shared.inspect.verify"])
+    context.set_forkserver_preload(["shared.inspection.verify"])
     with ProcessPoolExecutor(min(workers, len(paths)), mp_context=context, initializer=_one_thread) as pool:
         results = pool.map(check_store, paths, [identity] * len(paths))
         return [_report(c, i, len(paths), progress) for i, c in enumerate(results)]

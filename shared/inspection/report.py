@@ -7,13 +7,13 @@ from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
 from shared.contract import Identity
-from shared.inspect.summary import Finding, Summary, TaskStatus
+from shared.inspection.summary import Finding, Summary, TaskStatus
 from shared.units import count, duration, rate, size
 
 if TYPE_CHECKING:  # importing these would load torch and zarr, which a summary never needs
-    from shared.inspect.grid import GridResult
-    from shared.inspect.samples import Sample
-    from shared.inspect.verify import VerifyResult
+    from shared.inspection.grid import GridResult
+    from shared.inspection.samples import Sample
+    from shared.inspection.verify import VerifyResult
 
 LABEL = 16
 """Width of the section labels on the left."""
