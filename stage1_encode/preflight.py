@@ -10,7 +10,6 @@ weights unless ``--hash`` asks: digests come from the cache that ``asset_hashes`
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -26,7 +25,7 @@ from shared.asset_loading import AssetsError, asset_hashes, cached_asset_hashes
 from shared.assets.hub import free_bytes
 from shared.contract import ContractError
 from shared.preflight import storage, system
-from shared.preflight.table import FAIL, OK, WARN, Row, failed, render
+from shared.preflight.table import FAIL, OK, WARN, Row, command_line, print_table
 from shared.units import size
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
 from stage1_encode.sources import SourcesError, TarSource, list_tars
@@ -41,10 +40,8 @@ INPUT_BYTES_PER_SAMPLE = 91_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stage1_encode.preflight", description=__doc__, allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other arguments are the config overrides (--section.key value).",
+    parser = command_line(
+        "python -m stage1_encode.preflight", __doc__, "Other arguments are the config overrides (--section.key value)."
     )
     parser.add_argument("--config", type=Path, help="Stage 1 TOML config")
     parser.add_argument("--input", help="directory, glob or URL (hf://datasets/…) of input tars")
@@ -56,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"the encode stage needs {', '.join(missing)}")
     cluster = system.Cluster.from_env(os.environ, torch.cuda.device_count())
-    rows = encode_rows(args.input, args.output, args.assets, args.config, rest, args.hash, cluster)
-    print(render(rows))
-    return 1 if failed(rows) else 0
+    return print_table(encode_rows(args.input, args.output, args.assets, args.config, rest, args.hash, cluster))
 
 
 def encode_rows(

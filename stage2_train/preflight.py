@@ -9,7 +9,6 @@ checkpoints) beside the rows every stage shares (``shared.preflight``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import socket
@@ -25,7 +24,7 @@ from shared import contract
 from shared.assets.hub import free_bytes
 from shared.contract import ContractError
 from shared.preflight import storage, system
-from shared.preflight.table import FAIL, OK, Row, failed, render
+from shared.preflight.table import FAIL, OK, Row, command_line, print_table
 from shared.units import count, size
 from stage2_train.flavors import FLAVORS
 from stage2_train.identity_check import identity_differences
@@ -37,10 +36,8 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stage2_train.preflight", description=__doc__, allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other arguments are TorchTitan's config overrides (--section.key value).",
+    parser = command_line(
+        "python -m stage2_train.preflight", __doc__, "Other arguments are TorchTitan's config overrides (--section.key value)."
     )
     parser.add_argument("--config", type=Path, help="TorchTitan TOML (or --job.config_file FILE)")
     parser.add_argument("--output", type=Path, help="the dump folder (--job.dump_folder)")
@@ -52,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     titan += ["--job.dump_folder", str(args.output)] if args.output else []
     if "--job.config_file" not in titan:
         parser.error("the train stage needs --config FILE (or --job.config_file FILE)")
-    rows = train_rows(titan, system.Cluster.from_env(os.environ, torch.cuda.device_count()), os.environ)
-    print(render(rows))
-    return 1 if failed(rows) else 0
+    return print_table(train_rows(titan, system.Cluster.from_env(os.environ, torch.cuda.device_count()), os.environ))
 
 
 def train_rows(

@@ -1,7 +1,8 @@
-"""One row per check, and the aligned table they print as."""
+"""One row per check, the aligned table they print as, and the command line of a stage's preflight."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -27,3 +28,18 @@ def render(rows: list[Row]) -> str:
 
 def failed(rows: list[Row]) -> bool:
     return any(r.status == FAIL for r in rows)
+
+
+def print_table(rows: list[Row]) -> int:
+    """Print the table; the exit status of a preflight command: 1 on any FAIL, else 0."""
+    print(render(rows))
+    return 1 if failed(rows) else 0
+
+
+def command_line(prog: str, doc: str | None, epilog: str) -> argparse.ArgumentParser:
+    """A stage preflight's parser: its docstring as help; unknown arguments are left for the stage's
+    config overrides (``parse_known_args``)."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog,
+    )
