@@ -39,7 +39,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -233,6 +233,39 @@ ARRAY_DOCS = {
 
 # --------------------------------------------------------------------------- store attributes
 
+TRUNCATED_TAR_SKIP = "truncated_tar"
+"""The skip reason a store records (once) when its source tar broke off."""
+
+
+FINGERPRINT_SPAN = 2**20
+"""Bytes hashed at each end of a source tar: two ranged reads, yet a replaced or cut copy differs."""
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """What a store was made from, so a rerun re-encodes a store whose source tar was replaced.
+
+    ``digest`` is the listing's own content tag where the filesystem gives one (``etag:``, the Hub's
+    LFS SHA-256 as ``sha256:``) and otherwise ``ends:`` + SHA-256 of the first and last
+    ``FINGERPRINT_SPAN`` bytes: cheap, and independent of mtimes, which copies do not keep.
+    """
+
+    size: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fingerprint_of_file(f: IO[bytes], size: int) -> SourceFingerprint:
+    """``ends:`` fingerprint of a seekable binary file of ``size`` bytes."""
+    h = hashlib.sha256()
+    h.update(f.read(FINGERPRINT_SPAN))
+    if size > FINGERPRINT_SPAN:
+        f.seek(max(FINGERPRINT_SPAN, size - FINGERPRINT_SPAN))
+        h.update(f.read(FINGERPRINT_SPAN))
+    return SourceFingerprint(size, "ends:" + h.hexdigest())
+
 
 @dataclass
 class StoreAttrs:
@@ -247,6 +280,10 @@ class StoreAttrs:
     stored_bytes: int = 0
     raw_bytes: int = 0
     written_by: dict[str, Any] = field(default_factory=dict)
+    source_fingerprint: dict[str, Any] = field(default_factory=dict)
+    """``SourceFingerprint.to_dict()`` of the tar this store was made from (empty: not recorded)."""
+    truncated_at_byte: int | None = None
+    """Where the source tar broke off (a damaged source: its store holds the whole samples before)."""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,6 +295,11 @@ class StoreAttrs:
             raise ContractError(f"store schema version {data.get('schema_version')} != {SCHEMA_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def samples_read(self) -> int:
+        """Samples of the source that were read, stored or skipped (the tar-level skip not counted)."""
+        return self.num_samples + sum(n for reason, n in self.skipped.items() if reason != TRUNCATED_TAR_SKIP)
 
 
 # --------------------------------------------------------------------------- paths

@@ -38,14 +38,17 @@ class StoreWriter:
         source: str,
         samples_per_shard: int,
         written_by: dict[str, Any] | None = None,
+        source_fingerprint: dict[str, Any] | None = None,
     ) -> None:
         self.final_path = Path(final_path)
+        self.source_fingerprint = source_fingerprint or {}
         self.identity = identity
         self.specs = specs
         self.source = source
         self.samples_per_shard = samples_per_shard
         token = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.tmp_path = self.final_path.with_name(contract.temporary_name(self.final_path.name, token))
+        self._replaced_path = self.final_path.with_name(contract.temporary_name(self.final_path.name, token + "old"))
         self.written_by = {"host": socket.gethostname(), "pid": os.getpid(), **(written_by or {})}
         self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in specs}
         self._buffered = 0
@@ -122,15 +125,16 @@ class StoreWriter:
                 raise ContractError(f"{name}: non-finite values in samples {start}..{stop - 1} of {self.source}")
             contract.checksum_update(self._hashers[name], block)
 
-    def commit(self, skipped: dict[str, int]) -> StoreAttrs:
+    def commit(self, skipped: dict[str, int], truncated_at_byte: int | None = None) -> StoreAttrs:
         """Flush, verify, fsync and rename into place.
 
         The checksums were taken from the very blocks handed to zarr, so the commit check is
         structural (``verify_store(deep=False)``): a full re-read costs as much as the write itself
         and would halve Stage 1's throughput; ``inspect_shards --verify`` does it on demand.
 
-        Returns the committed attributes. If another writer committed the same store first, this
-        one's temporary is removed and the winner's attributes are returned.
+        Returns the committed attributes. If another writer committed the same store from the same
+        source first, this one's temporary is removed and the winner's attributes are returned; a
+        committed store made from another version of the source is replaced (``_replace``).
         """
         if self._buffered:
             self._flush(self._buffered)
@@ -146,6 +150,8 @@ class StoreWriter:
             stored_bytes=_tree_bytes(self.tmp_path),
             raw_bytes=sum(_raw_bytes(spec, self._written) for spec in self.specs.values()),
             written_by={**self.written_by, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            source_fingerprint=self.source_fingerprint,
+            truncated_at_byte=truncated_at_byte,
         )
         self._group.attrs.put(attrs.to_dict())
         problems = verify_store(self.tmp_path, self.identity, self.specs, attrs, deep=False)
@@ -157,11 +163,25 @@ class StoreWriter:
         except OSError:
             if not self.final_path.exists():
                 raise
-            # Another writer won the race with the same input; its store is complete by definition.
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
-            return contract.read_store_attrs(self.final_path)
+            existing = contract.read_store_attrs(self.final_path)
+            if existing.source_fingerprint == self.source_fingerprint:
+                # Another writer won the race with the same input; its store is complete by definition.
+                shutil.rmtree(self.tmp_path, ignore_errors=True)
+                return existing
+            self._replace()
         _fsync_dir(self.final_path.parent)
         return attrs
+
+    def _replace(self) -> None:
+        """Put this store in the place of one made from another version of the source.
+
+        The old store is first renamed to a hidden temporary (readers never see a mixed store; a kill
+        between the renames leaves no store under the final name, which a rerun encodes again), then
+        this one is renamed into place and the old one removed.
+        """
+        os.rename(self.final_path, self._replaced_path)
+        os.rename(self.tmp_path, self.final_path)
+        shutil.rmtree(self._replaced_path, ignore_errors=True)
 
     def abort(self) -> None:
         self._checker.shutdown(cancel_futures=True)

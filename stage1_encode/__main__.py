@@ -3,7 +3,11 @@
     python -m stage1_encode --input DIR_OR_GLOB_OR_URL --output DATASET --assets ASSETS \
         [--config configs/encode_cc12m.toml] [--section.key value …] [--task-index I --num-tasks N]
 
-Task I of N encodes tars I, I+N, I+2N, … of the sorted input; a rerun skips committed stores.
+Task I of N encodes tars I, I+N, I+2N, … of the sorted input; a rerun skips committed stores whose
+source tar is unchanged and encodes again those whose tar changed (size and a hash of both ends).
+
+Exit status: 0 done; 1 an error (named on stderr); 3 done, but a source tar broke off (each is named
+with where it was cut; its store keeps the whole samples before the cut); 143 terminated (rerun).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_o
 from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
+
+
+DAMAGED_SOURCES_EXIT = 3
 
 
 class Terminated(BaseException):
@@ -35,8 +42,19 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, EncodeConfig]:
     parser.add_argument("--output", required=True, type=Path, help="dataset directory")
     parser.add_argument("--assets", required=True, type=Path, help="FLUX.1-schnell assets directory")
     parser.add_argument("--config", type=Path, help="TOML config (default: built-in production settings)")
-    parser.add_argument("--task-index", type=int, default=0)
-    parser.add_argument("--num-tasks", type=int, default=1)
+    parser.add_argument(
+        "--task-index", type=int, default=0, metavar="I",
+        help="this task's index, 0..N-1 (the sbatch script passes SLURM_ARRAY_TASK_ID; default 0)",
+    )
+    parser.add_argument(
+        "--num-tasks", type=int, default=1, metavar="N",
+        help="tasks sharing the input: task I encodes tars I, I+N, I+2N, … (the array's size; default 1)",
+    )
+    parser.add_argument(
+        "--allow-damaged-sources", action="store_true",
+        help="exit 0 even when a source tar broke off (default: exit 3, so the job shows FAILED and the tar "
+        "gets replaced; its store is committed either way)",
+    )
     args, rest = parser.parse_known_args(argv)
     try:
         config = load_config(args.config, parse_overrides(rest))
@@ -57,13 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     task = Task(args.input, args.output, args.assets, args.task_index, args.num_tasks)
     try:
-        run_task(config, task)
+        result = run_task(config, task)
     except (AssetsError, SourcesError, Stage1Error) as exc:
         print(f"stage1_encode: error: {exc}", file=sys.stderr)
         return 1
     except Terminated as exc:
         print(f"stage1_encode: {exc}; the store being written was discarded, rerun to resume", file=sys.stderr)
         return 143
+    if result.damaged_sources and not args.allow_damaged_sources:
+        print(
+            f"stage1_encode: {len(result.damaged_sources)} damaged source(s), named above; exit status 3 "
+            f"(--allow-damaged-sources accepts them)", file=sys.stderr,
+        )
+        return DAMAGED_SOURCES_EXIT
     return 0
 
 

@@ -7,12 +7,13 @@ import os
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
 from shared import heartbeat
+from shared.contract import StoreAttrs
 from shared.heartbeat import Heartbeat
 
 
@@ -38,12 +39,16 @@ class TaskResult:
     """From the first tar to the last commit: the steady rate is ``samples / encode_seconds``."""
     drain_seconds: float
     """From the last batch queued on the GPU to the last commit: the writing nothing overlapped."""
+    damaged_sources: list[str] = field(default_factory=list)
+    """One line per source tar that broke off (its store holds the whole samples before the cut)."""
 
 
 class Progress:
     """Counts samples, skips and commits, and reports them.
 
-    The ETA is by input bytes: the tars' sizes are known up front, their sample counts are not.
+    The ETA is by input bytes: the tars' sizes are known up front, their sample counts are not. The
+    feeders say how far into each tar they have read, which gives bytes per input sample; samples
+    encoded or skipped times that is the share done, so an ETA exists from the first batch on.
     """
 
     def __init__(
@@ -67,6 +72,9 @@ class Progress:
         self._skipped: Counter[str] = Counter()
         self._already_done: set[str] = set()
         self._committed: set[str] = set()
+        self._damaged: dict[str, str] = {}
+        self._bytes_read: dict[str, int] = {}
+        self._inputs_read = 0
         self._current: str | None = None
         self._heartbeat = Heartbeat(
             task_index=task_index,
@@ -79,8 +87,17 @@ class Progress:
             slurm_job=slurm_job(),
         )
 
-    def already_done(self, store: str) -> None:
+    def already_done(self, store: str, attrs: StoreAttrs | None) -> None:
         self._already_done.add(store)
+        self._note_damage(store, attrs)
+
+    def source_changed(self, store: str) -> None:
+        self._print(f"{store}: its source tar changed since the store was made; encoding it again")
+
+    def read(self, store: str, end_byte: int) -> None:
+        """A feeder has read one more input sample of ``store``'s tar, up to ``end_byte``."""
+        self._bytes_read[store] = end_byte
+        self._inputs_read += 1
 
     def started(self, store: str) -> None:
         self._current = store
@@ -92,8 +109,17 @@ class Progress:
     def skipped(self, reasons: Counter[str]) -> None:
         self._skipped.update(reasons)
 
-    def committed(self, store: str) -> None:
+    def committed(self, store: str, attrs: StoreAttrs) -> None:
         self._committed.add(store)
+        self._note_damage(store, attrs)
+
+    def _note_damage(self, store: str, attrs: StoreAttrs | None) -> None:
+        if attrs is not None and attrs.truncated_at_byte is not None:
+            self._damaged[store] = (
+                f"damaged source: {attrs.source} cut at byte {attrs.truncated_at_byte:,} after "
+                f"{attrs.samples_read:,} samples; {store} holds the {attrs.num_samples:,} usable ones. "
+                f"Replace the tar with a whole copy and rerun: a store whose source changed is encoded again."
+            )
 
     def maybe_report(self) -> None:
         if time.time() - self._last_report >= self._interval_s:
@@ -116,8 +142,11 @@ class Progress:
         elapsed = now - self._started
         rate = self._samples / max(elapsed, 1e-9)
         skips = ", ".join(f"{k}: {v}" for k, v in sorted(self._skipped.items())) or "none"
+        for line in self._damaged.values():
+            self._print(line)
+        damaged = f", {len(self._damaged)} damaged source{'s' if len(self._damaged) != 1 else ''}" if self._damaged else ""
         self._print(
-            f"{state}: {len(self._committed)} stores committed, {len(self._already_done)} already there, "
+            f"{state}: {len(self._committed)} stores committed, {len(self._already_done)} already there{damaged}, "
             f"{self._samples:,} samples, skipped {{{skips}}}, {rate:.1f} samples/s, "
             f"{timedelta(seconds=round(elapsed))}"
             + (f" ({now - self._last_encoded:.1f} s of it writing after the last batch)" if state == "done" else "")
@@ -129,15 +158,18 @@ class Progress:
         now = time.time()
         return TaskResult(
             len(self._committed), len(self._already_done), self._samples, dict(self._skipped), seconds,
-            now - self._started, now - self._last_encoded,
+            now - self._started, now - self._last_encoded, list(self._damaged.values()),
         )
 
     def _eta(self, now: float) -> str:
-        done = sum(self._tar_bytes[s] for s in self._committed)
-        left = sum(b for s, b in self._tar_bytes.items() if s not in self._committed and s not in self._already_done)
-        if not done:
+        """Time left for this run's share of input bytes at the rate so far; ``?`` until a batch is done."""
+        inputs_done = self._samples + sum(self._skipped.values())
+        if not (inputs_done and self._inputs_read):
             return "?"
-        return str(timedelta(seconds=round(left * (now - self._started) / done)))
+        bytes_per_input = sum(self._bytes_read.values()) / self._inputs_read
+        done = inputs_done * bytes_per_input
+        total = sum(b for s, b in self._tar_bytes.items() if s not in self._already_done)
+        return str(timedelta(seconds=round(max(total - done, 0) * (now - self._started) / done)))
 
     def _print(self, text: str) -> None:
         self._out.write(f"{self._prefix} {text}\n")

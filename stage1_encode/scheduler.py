@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 import PIL
@@ -31,7 +31,7 @@ from stage1_encode.encode import BatchEncoder
 from stage1_encode.prepare import Prepared, Workers
 from stage1_encode.progress import Progress, TaskResult, slurm_job
 from stage1_encode.sources import TarSource
-from stage1_encode.skips import Skip
+from stage1_encode.skips import Skip, SkipReason
 from stage1_encode.tars import read_tar
 from stage1_encode.writer import WriterProcess
 
@@ -54,10 +54,16 @@ def encode_tars(
     progress = Progress(
         dataset, *task, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
     )
+    fingerprints = {t.name: t.fingerprint().to_dict() for t in tars}
     todo = []
     for tar in tars:
-        if (shards / contract.store_name(tar.name)).exists():
-            progress.already_done(contract.store_name(tar.name))
+        store = shards / contract.store_name(tar.name)
+        attrs = _committed_attrs(store)
+        if attrs is not None and attrs.source_fingerprint and attrs.source_fingerprint != fingerprints[tar.name]:
+            progress.source_changed(store.name)
+            todo.append(tar)
+        elif store.exists():
+            progress.already_done(store.name, attrs)
         else:
             todo.append(tar)
     progress.report()
@@ -68,10 +74,10 @@ def encode_tars(
         for _ in range(min(k, len(todo))):
             writer = WriterProcess(
                 str(dataset), identity, config.storage.samples_per_shard, config.batch.size,
-                _written_by(task, encoder), on_commit=lambda source, _attrs: progress.committed(contract.store_name(source)),
+                _written_by(task, encoder), on_commit=lambda source, attrs: progress.committed(contract.store_name(source), attrs),
             )
-            feeder = _Feeder(pending, workers, config.workers.chunk, max(1, config.workers.prefetch_chunks // k))
-            slots.append(_Slot(feeder, writer, encoder, progress, config.batch.size))
+            feeder = _Feeder(pending, workers, config.workers.chunk, max(1, config.workers.prefetch_chunks // k), progress.read)
+            slots.append(_Slot(feeder, writer, encoder, progress, config.batch.size, fingerprints))
         active = slots
         while active:  # one batch (or tar boundary) per slot in turn: every store's writer stays busy
             active = [slot for slot in active if slot.step()]
@@ -109,6 +115,8 @@ class Chunk:
 class TarEnd:
     skips: Counter[str]
     """Tar-level skips (duplicate keys, a truncated tar), by reason."""
+    truncated_at_byte: int | None
+    """Where a damaged tar broke off (None: the tar is whole)."""
 
 
 FeederItem = TarStart | Chunk | TarEnd
@@ -122,9 +130,11 @@ class _Slot:
     """
 
     def __init__(
-        self, feeder: _Feeder, writer: WriterProcess, encoder: BatchEncoder, progress: Progress, batch_size: int
+        self, feeder: _Feeder, writer: WriterProcess, encoder: BatchEncoder, progress: Progress, batch_size: int,
+        fingerprints: dict[str, dict[str, Any]],
     ) -> None:
         self.feeder, self.writer = feeder, writer
+        self._fingerprints = fingerprints
         self._items = iter(feeder)
         self._encoder, self._progress, self._batch_size = encoder, progress, batch_size
         self._pending: list[Prepared] = []
@@ -136,7 +146,7 @@ class _Slot:
         for item in self._items:
             match item:
                 case TarStart(tar):
-                    self.writer.begin(tar.name)
+                    self.writer.begin(tar.name, self._fingerprints[tar.name])
                     self._progress.started(contract.store_name(tar.name))
                     self._skips = Counter()
                 case Chunk(results):
@@ -147,12 +157,12 @@ class _Slot:
                             self._encode(self._pending[: self._batch_size])
                             self._pending = self._pending[self._batch_size :]
                         return True
-                case TarEnd(skips):  # the tar's last partial batch and tar-level skips, then commit
+                case TarEnd(skips, truncated_at_byte):  # the last partial batch and tar-level skips, then commit
                     if self._pending:
                         self._encode(self._pending)
                         self._pending = []
                     self._count_skips(skips)
-                    self.writer.commit(dict(self._skips))
+                    self.writer.commit(dict(self._skips), truncated_at_byte)
                     return True
         return False
 
@@ -172,6 +182,15 @@ class _Slot:
         }
         self.writer.append(tensors, meta)
         self._progress.encoded(len(samples))
+
+
+def _committed_attrs(store: Path) -> contract.StoreAttrs | None:
+    """A committed store's attributes; None when there is none, or they cannot be read (kept as it is:
+    ``inspect_shards`` names such a store)."""
+    try:
+        return contract.read_store_attrs(store)
+    except (OSError, ValueError, contract.ContractError):
+        return None
 
 
 def _written_by(task: tuple[int, int], encoder: BatchEncoder) -> dict[str, Any]:
@@ -229,8 +248,10 @@ class _Feeder:
     Iterating yields ``TarStart``, ``Chunk`` … and ``TarEnd`` per tar.
     """
 
-    def __init__(self, tars: _Pending, workers: Workers, chunk: int, depth: int) -> None:
-        self._tars, self._workers, self._chunk = tars, workers, chunk
+    def __init__(
+        self, tars: _Pending, workers: Workers, chunk: int, depth: int, on_read: Callable[[str, int], None]
+    ) -> None:
+        self._tars, self._workers, self._chunk, self._on_read = tars, workers, chunk, on_read
         self._queue: queue.Queue[FeederItem | _Submitted | _Done | _Failed] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tar-feeder", daemon=True)
@@ -257,18 +278,22 @@ class _Feeder:
             for tar in iter(self._tars.take, None):
                 self._put(TarStart(tar))
                 tar_skips: Counter[str] = Counter()
+                truncated_at_byte = None
                 chunk = []
                 for item in read_tar(tar):
                     if isinstance(item, Skip):
                         tar_skips[item.reason] += 1
+                        if item.reason == SkipReason.TRUNCATED_TAR:
+                            truncated_at_byte = item.at_byte
                         continue
+                    self._on_read(contract.store_name(tar.name), item.end_byte)
                     chunk.append(item)
                     if len(chunk) == self._chunk:
                         self._put(_Submitted(self._workers.submit(chunk)))
                         chunk = []
                 if chunk:
                     self._put(_Submitted(self._workers.submit(chunk)))
-                self._put(TarEnd(tar_skips))
+                self._put(TarEnd(tar_skips, truncated_at_byte))
             self._put(_Done())
         except _Stopped:
             return

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+
+from shared.contract import TRUNCATED_TAR_SKIP
 
 
 class SkipReason(StrEnum):
@@ -12,7 +14,7 @@ class SkipReason(StrEnum):
 
     DUPLICATE_KEY = "duplicate_key"
     """A key seen before in the same tar."""
-    TRUNCATED_TAR = "truncated_tar"
+    TRUNCATED_TAR = TRUNCATED_TAR_SKIP
     """The tar breaks off or ends before its end-of-archive marker (counted once, for the tar)."""
     MISSING_CAPTION = "missing_caption"
     CAPTION_NOT_UTF8 = "caption_not_utf8"
@@ -33,3 +35,5 @@ class Skip:
 
     key: str
     reason: SkipReason
+    at_byte: int | None = field(default=None, compare=False)
+    """For ``TRUNCATED_TAR``: the byte of the tar where reading broke off."""

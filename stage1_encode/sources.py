@@ -37,6 +37,8 @@ class TarSource:
     path: str
     """Its path on ``fs``."""
     size: int
+    tag: str | None = None
+    """The listing's content tag (S3's ETag, the Hub's LFS SHA-256), when the filesystem gives one."""
 
     @property
     def name(self) -> str:
@@ -49,6 +51,13 @@ class TarSource:
     def open(self, mode: str = "rb") -> IO[bytes]:
         """A seekable binary file; remote ones are read in ``STREAM_BLOCK_BYTES`` ranges."""
         return self.fs.open(self.path, mode, block_size=STREAM_BLOCK_BYTES)
+
+    def fingerprint(self) -> contract.SourceFingerprint:
+        """What its store records: the listing's tag when there is one, else a hash of both ends."""
+        if self.tag:
+            return contract.SourceFingerprint(self.size, self.tag)
+        with self.open("rb") as f:
+            return contract.fingerprint_of_file(f, self.size)
 
     def __str__(self) -> str:
         return self.url
@@ -68,7 +77,7 @@ def list_tars(input_spec: str | os.PathLike) -> list[TarSource]:
     except Exception as exc:  # network, authentication, missing repository: say so in one line
         raise SourcesError(f"--input {spec}: cannot list the input tars ({type(exc).__name__}: {exc})") from None
     tars = [
-        TarSource(fs, e["name"], int(e.get("size") or 0))
+        TarSource(fs, e["name"], int(e.get("size") or 0), _content_tag(e))
         for e in entries
         if e.get("type") == "file" and e["name"].endswith(TAR_SUFFIXES)
     ]
@@ -87,6 +96,17 @@ def task_tars(tars: list[TarSource], task_index: int, num_tasks: int) -> list[Ta
         return task_slice(tars, task_index, num_tasks)
     except TaskSliceError as exc:
         raise SourcesError(str(exc)) from None
+
+
+def _content_tag(entry: dict[str, Any]) -> str | None:
+    """A remote listing's tag of the file's content, if it has one (local listings have none)."""
+    etag = entry.get("ETag") or entry.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}"
+    lfs = entry.get("lfs")
+    if isinstance(lfs, dict) and lfs.get("sha256"):
+        return f"sha256:{lfs['sha256']}"
+    return None
 
 
 def _is_local(fs: Any) -> bool:

@@ -33,6 +33,8 @@ class RawSample:
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
+    end_byte: int = field(default=0, compare=False)
+    """Where its last member ends in the tar: how far reading got (the progress line's ETA)."""
 
     def image(self) -> tuple[str, bytes] | None:
         for ext in IMAGE_EXTENSIONS:
@@ -81,13 +83,14 @@ def read_tar(source: TarFile | str | os.PathLike) -> Iterator[RawSample | Skip]:
                         yield from finish(current)
                         current = RawSample(key)
                     current.members[ext] = data
+                    current.end_byte = member.offset_data + member.size
         except (tarfile.TarError, EOFError):
             yield from finish(current)
-            yield Skip(source.name, SkipReason.TRUNCATED_TAR)
+            yield Skip(source.name, SkipReason.TRUNCATED_TAR, at_byte=f.tell())
             return
         yield from finish(current)
         if not _ends_with_marker(f):
-            yield Skip(source.name, SkipReason.TRUNCATED_TAR)
+            yield Skip(source.name, SkipReason.TRUNCATED_TAR, at_byte=f.tell())
 
 
 def _ends_with_marker(f: IO[bytes]) -> bool:

@@ -52,6 +52,7 @@ SHM_DIR = Path("/dev/shm")
 @dataclass(frozen=True)
 class Begin:
     source: str
+    fingerprint: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Append:
 @dataclass(frozen=True)
 class Commit:
     skipped: dict[str, int]
+    truncated_at_byte: int | None
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,8 @@ class WriterProcess:
                 buffer.release()
             raise
 
-    def begin(self, source: str) -> None:
-        self._post(Begin(source))
+    def begin(self, source: str, fingerprint: dict[str, Any]) -> None:
+        self._post(Begin(source, fingerprint))
 
     def append(self, tensors: dict[str, torch.Tensor], meta: dict[str, np.ndarray]) -> None:
         """Start copying a batch's tensors (on any device) into a free buffer; the batch is handed over,
@@ -159,8 +161,8 @@ class WriterProcess:
             self._copied = torch.cuda.Event()
             self._copied.record()
 
-    def commit(self, skipped: dict[str, int]) -> None:
-        self._post(Commit(skipped))
+    def commit(self, skipped: dict[str, int], truncated_at_byte: int | None = None) -> None:
+        self._post(Commit(skipped, truncated_at_byte))
 
     def hand_over_copied(self) -> None:
         """Send what waited for a device-to-host copy that has finished meanwhile (never waits)."""
@@ -325,9 +327,9 @@ def _serve(
         errno = exc.errno if isinstance(exc, OSError) else None
         send(Failed(errno, getattr(exc, "strerror", None), "".join(traceback.format_exception(exc))))
 
-    def commit(writer: StoreWriter, skipped: dict[str, int]) -> None:
+    def commit(writer: StoreWriter, skipped: dict[str, int], truncated_at_byte: int | None) -> None:
         try:
-            attrs = writer.commit(skipped=skipped)
+            attrs = writer.commit(skipped, truncated_at_byte)
         except BaseException as exc:
             writer.abort()
             fail(exc)
@@ -349,15 +351,15 @@ def _serve(
             continue
         try:
             match message:
-                case Begin(source):
+                case Begin(source, fingerprint):
                     path = contract.shards_dir(dataset) / contract.store_name(source)
-                    store = StoreWriter(path, ident, specs, source, samples_per_shard, written_by)
+                    store = StoreWriter(path, ident, specs, source, samples_per_shard, written_by, fingerprint)
                 case Append(index, n, meta):
                     batch = {name: view[:n].copy() for name, view in buffers[index].views.items()}
                     send(Freed(index))
                     store.append(batch | meta)
-                case Commit(skipped):
-                    commits.append(committer.submit(commit, store, skipped))
+                case Commit(skipped, truncated_at_byte):
+                    commits.append(committer.submit(commit, store, skipped, truncated_at_byte))
                     store = None
         except BaseException as exc:
             if store is not None:
