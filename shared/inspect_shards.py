@@ -98,6 +98,8 @@ def _as_text(
     summary: Summary, verification: VerifyResult | None, samples: list[Sample], grid: GridResult | None
 ) -> str:
     top = [report.headline(summary)]
+    if summary.damaged:
+        top.append(report.damaged_remedy(summary))
     if verification is not None:
         top.append(report.verify_headline(verification))
     parts = ["\n".join(top), report.render_summary(summary)]

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="the dataset")
     parser.add_argument("--assets", type=Path, help="FLUX.1-schnell assets directory")
     parser.add_argument("--hash", action="store_true", help="hash the assets now (and cache the digests)")
+    parser.add_argument("--allow-damaged-sources", action="store_true", help="the encode command's flag (checks nothing)")
     args, rest = parser.parse_known_args(argv)
     missing = [f"--{name}" for name in ("input", "output", "assets") if getattr(args, name) is None]
     if missing:

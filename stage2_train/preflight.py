@@ -1,7 +1,9 @@
 """Check in seconds what would fail a Stage 2 job hours in; print one table, exit 1 on any FAIL.
 
-    python -m stage2_train.preflight --config FILE [--dataset DIR] [--output DUMP_FOLDER]
-        [--section.key value …]                     TorchTitan's overrides, as python -m stage2_train
+    python -m stage2_train.preflight --job.config_file FILE [--training.dataset_path DIR] [--section.key value …]
+
+It takes exactly the arguments of ``python -m stage2_train`` (``slurm/train.sbatch`` passes both the
+same ones) and refuses any other before a job starts.
 
 Stage 2's own checks (its config and flavor, the dataset's identity against them, room for
 checkpoints) beside the rows every stage shares (``shared.preflight``).
@@ -26,6 +28,7 @@ from shared.contract import ContractError
 from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, Row, command_line, print_table
 from shared.units import count, size
+from stage2_train.arguments import argument_problems
 from stage2_train.flavors import FLAVORS
 from stage2_train.identity_check import identity_differences
 
@@ -36,19 +39,13 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_line(
-        "python -m stage2_train.preflight", __doc__, "Other arguments are TorchTitan's config overrides (--section.key value)."
-    )
-    parser.add_argument("--config", type=Path, help="TorchTitan TOML (or --job.config_file FILE)")
-    parser.add_argument("--output", type=Path, help="the dump folder (--job.dump_folder)")
-    parser.add_argument("--dataset", type=Path, help="the Stage 1 dataset (--training.dataset_path)")
-    args, rest = parser.parse_known_args(argv)
-    titan = ["--job.config_file", str(args.config)] if args.config else []
-    titan += rest
-    titan += ["--training.dataset_path", str(args.dataset)] if args.dataset else []
-    titan += ["--job.dump_folder", str(args.output)] if args.output else []
-    if "--job.config_file" not in titan:
-        parser.error("the train stage needs --config FILE (or --job.config_file FILE)")
+    parser = command_line("python -m stage2_train.preflight", __doc__, "")
+    _, titan = parser.parse_known_args(argv)
+    problems = argument_problems(titan)
+    if problems:
+        parser.error("\n  ".join(problems))
+    if not any(a.split("=", 1)[0] == "--job.config_file" for a in titan):
+        parser.error("the train stage needs --job.config_file FILE")
     return print_table(train_rows(titan, system.Cluster.from_env(os.environ, torch.cuda.device_count()), os.environ))
 
 
@@ -80,7 +77,7 @@ def train_rows(
         system.rendezvous_row(environ, cluster, resolve),
     ]
     if not job.training.dataset_path:
-        rows.append(Row("dataset", FAIL, "no dataset: give --dataset DIR (or --training.dataset_path)"))
+        rows.append(Row("dataset", FAIL, "no dataset: give --training.dataset_path DIR"))
     else:
         rows.append(train_identity_row(Path(job.training.dataset_path), job, flavor))
     dump = Path(job.job.dump_folder)

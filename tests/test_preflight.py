@@ -229,7 +229,8 @@ def test_encode_onto_an_existing_dataset(encode_inputs, tmp_path, capsys, monkey
 @CPU_ONLY
 def test_train_stage(tmp_path, capsys, monkeypatch):
     dataset = write_tiny_dataset(tmp_path / "dataset")
-    tiny = ["--config", str(REPO / "configs" / "flux_tiny.toml"), "--dataset", str(dataset), "--output", str(tmp_path / "dump")]
+    tiny = ["--job.config_file", str(REPO / "configs" / "flux_tiny.toml"), "--training.dataset_path", str(dataset),
+            "--job.dump_folder", str(tmp_path / "dump")]
     assert train_main(tiny) == 0
     rows = table(capsys.readouterr().out)
     assert list(rows) == ["python", "torch", "torchtitan", "config", "GPUs", "GLOO_SOCKET_IFNAME", "rendezvous", "dataset", "output"]
@@ -253,15 +254,20 @@ def test_train_stage(tmp_path, capsys, monkeypatch):
 
 def test_train_stage_refusals(tmp_path, capsys):
     tiny = str(REPO / "configs" / "flux_tiny.toml")
-    assert train_main(["--config", tiny, "--training.dataset_path", ""]) == 1
-    assert table(capsys.readouterr().out)["dataset"] == (FAIL, "no dataset: give --dataset DIR (or --training.dataset_path)")
-    assert train_main(["--config", tiny, "--dataset", str(tmp_path)]) == 1
+    assert train_main(["--job.config_file", tiny, "--training.dataset_path", ""]) == 1
+    assert table(capsys.readouterr().out)["dataset"] == (FAIL, "no dataset: give --training.dataset_path DIR")
+    assert train_main(["--job.config_file", tiny, "--training.dataset_path", str(tmp_path)]) == 1
     assert table(capsys.readouterr().out)["dataset"][1] == f"{tmp_path}: {tmp_path} is not a dataset: dataset.json is missing"
-    assert train_main(["--config", tiny, "--model.flavor", "flux-huge"]) == 1
+    assert train_main(["--job.config_file", tiny, "--model.flavor", "flux-huge"]) == 1
     assert "unknown model.flavor 'flux-huge'" in table(capsys.readouterr().out)["config"][1]
     with pytest.raises(SystemExit):
         train_main([])
-    assert "the train stage needs --config FILE" in capsys.readouterr().err
+    assert "the train stage needs --job.config_file FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--job.config_file", tiny, "--dataset", str(tmp_path), "--verbose"])
+    err = capsys.readouterr().err
+    assert "--dataset is not an argument of python -m stage2_train; it takes --training.dataset_path DIR" in err
+    assert "--verbose is not an argument of python -m stage2_train; it takes --section.key value" in err
 
 
 def test_command_line(encode_inputs, tmp_path):

@@ -31,7 +31,8 @@ TASK_ORDER = {"failed": 0, "stale": 1, "running": 2, "done": 3}
 def headline(s: Summary) -> str:
     """The one-line verdict, e.g. 'COMPLETE: 2,176/2,176 stores, 10.4 M samples'."""
     stores = f"{s.stores_committed:,}/{s.stores_expected:,}" if s.stores_expected is not None else f"{s.stores_committed:,}"
-    parts = [f"{s.verdict}: {stores} stores, {count(s.samples)} samples"]
+    verdict = f"{s.verdict}{_damaged_headline(s)} ·" if s.damaged else f"{s.verdict}:"
+    parts = [f"{verdict} {stores} stores, {count(s.samples)} samples"]
     if s.problems:
         parts.append(f"{_plural(len({f.where for f in s.problems}), 'store')} must not be used")
     if s.live_tasks:
@@ -45,6 +46,32 @@ def headline(s: Summary) -> str:
     if s.stores_expected is None:
         parts.append("expected stores unknown (no Stage 1 heartbeats)")
     return ", ".join(parts)
+
+
+MAX_DAMAGED_IN_HEADLINE = 3
+
+
+def _damaged_headline(s: Summary) -> str:
+    """' with 1 damaged source: a.tar cut at byte N, ~9 samples unread' (empty when none)."""
+    if not s.damaged:
+        return ""
+    named = [
+        f"{d.tar_name} cut at byte {d.cut_at_byte:,}"
+        + (f", ~{d.samples_unread:,} samples unread" if d.samples_unread is not None else "")
+        for d in s.damaged[:MAX_DAMAGED_IN_HEADLINE]
+    ]
+    more = f" (+{len(s.damaged) - MAX_DAMAGED_IN_HEADLINE} more)" if len(s.damaged) > MAX_DAMAGED_IN_HEADLINE else ""
+    return f" with {_plural(len(s.damaged), 'damaged source')}: {'; '.join(named)}{more}"
+
+
+def damaged_remedy(s: Summary) -> str:
+    """What to do about damaged sources, for the line under the headline (empty when none)."""
+    if not s.damaged:
+        return ""
+    return (
+        "  → each damaged store holds the whole samples before its tar's cut. Replace the tar(s) with whole "
+        "copies and rerun the same Stage 1 command: stores whose source changed are encoded again."
+    )
 
 
 def render_summary(s: Summary) -> str:

@@ -56,6 +56,22 @@ class TaskStatus:
 
 
 @dataclass
+class DamagedSource:
+    """A committed store whose source tar broke off: it holds the whole samples before the cut."""
+
+    store: str
+    source: str
+    cut_at_byte: int
+    samples_read: int
+    samples_unread: int | None
+    """Estimate: the median samples read from whole tars minus this one's (None: no whole tar)."""
+
+    @property
+    def tar_name(self) -> str:
+        return self.source.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
 class Temporary:
     """A hidden ``.<store>.tmp-*`` directory: a store being written, or one a killed task left."""
 
@@ -94,6 +110,7 @@ class Summary:
     temporaries: list[Temporary]
     problems: list[Finding] = field(default_factory=list)
     """Stores that must not be trusted: unreadable attributes, another identity, misnamed."""
+    damaged: list[DamagedSource] = field(default_factory=list)
 
     @property
     def live_tasks(self) -> list[TaskStatus]:
@@ -147,6 +164,7 @@ def summarise(dataset: str | os.PathLike, now: float | None = None, stale_after_
         eta_s=_overall_eta(live, len(heartbeats), num_tasks or 0),
         temporaries=[_temporary(p, set(attrs), heartbeats, tasks, now) for p in contract.temporary_store_paths(dataset)],
         problems=problems,
+        damaged=damaged_sources(attrs),
     )
     summary.verdict = _verdict(summary)
     return summary
@@ -165,6 +183,20 @@ def read_committed(dataset: str | os.PathLike, digest: str) -> tuple[dict[str, S
         if not found:
             good[path.name] = result
     return good, problems
+
+
+def damaged_sources(attrs: dict[str, StoreAttrs]) -> list[DamagedSource]:
+    """Stores whose source broke off, with an estimate of the samples never read."""
+    whole = [a.samples_read for a in attrs.values() if a.truncated_at_byte is None]
+    typical = int(statistics.median(whole)) if whole else None
+    return [
+        DamagedSource(
+            name, a.source, a.truncated_at_byte, a.samples_read,
+            max(typical - a.samples_read, 0) if typical is not None else None,
+        )
+        for name, a in attrs.items()
+        if a.truncated_at_byte is not None
+    ]
 
 
 def _read_attrs(path: Path) -> StoreAttrs | str:
