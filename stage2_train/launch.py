@@ -15,11 +15,15 @@ import sys
 import torchtitan.train
 
 import stage2_train.train_spec  # noqa: F401  (registers the TrainSpec)
+from stage2_train import cli_help, log_filter
 from stage2_train.device import use_cpu_if_no_cuda
 from stage2_train.trainer import PrecomputedFluxTrainer
 
 
 def main() -> None:
+    if cli_help.printed_help(sys.argv[1:]):
+        return
+    log_filter.install()
     use_cpu_if_no_cuda()
     torchtitan.train.main(PrecomputedFluxTrainer)  # raises on failure: the normal exit reports it
     gc.collect()

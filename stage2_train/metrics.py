@@ -4,7 +4,7 @@ The data loader's labels are sample indices, so TorchTitan's token counters coun
 ``tps`` is samples/s per GPU, and with the flavors' FLOPs per sample its ``tflops`` and ``mfu`` are
 real. It already records the share of step time spent waiting for data
 (``time_metrics/data_loading(%)``) and peak memory; this adds samples/s under its own name, one
-stdout line with the figures a Stage 2 run is judged by, and images (sample grids) for TensorBoard and wandb.
+stdout line per step with TorchTitan's figures and the ones a Stage 2 run is judged by, and images (sample grids) for TensorBoard and wandb.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ class SampleMetricsProcessor(MetricsProcessor):
         samples_per_second = self.ntokens_since_last_log / elapsed
         data_wait = sum(self.data_loading_times) / elapsed
         mfu = 100 * self.num_flops_per_token * samples_per_second / self.gpu_peak_flops
+        memory = self.device_memory_monitor.get_peak_stats()  # before super() resets the peaks
         extra = {**(extra_metrics or {}), "throughput/samples_per_second_per_gpu": samples_per_second}
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
-        logger.info(
-            f"step: {step:2}  samples/s/GPU: {samples_per_second:.2f}  MFU: {mfu:.2f}%  "
+        logger.info(  # TorchTitan's own step line is filtered out (``log_filter``): this one has its figures
+            f"step: {step:2}  loss: {global_avg_loss:8.5f}  grad_norm: {grad_norm:7.4f}  "
+            f"memory: {memory.max_reserved_gib:5.2f}GiB  samples/s/GPU: {samples_per_second:.2f}  MFU: {mfu:.2f}%  "
             f"data wait: {100 * data_wait:.1f}% of step time"
         )
 

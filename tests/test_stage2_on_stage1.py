@@ -142,13 +142,31 @@ def test_sbatch_trains_hsdp_on_two_nodes(slurm_cluster, stage1, tmp_path, nproc,
         *("--training.steps", "10", "--training.local_batch_size", "2"),
         *(["--metrics.enable_wandb"] if wandb else []),
         sbatch_opts=["--output", str(tmp_path / "job.out")],
-        env_extra={"NPROC_PER_NODE": str(nproc)},
+        env_extra={"NPROC_PER_NODE": str(nproc), "NETRC": str(tmp_path / "no-netrc")},
         timeout=240,
     )
     log = job.log()
     assert job.returncode == 0, log[-6000:]
     assert f"2 node(s) x {nproc} process(es)" in log
     assert f"dp_replicate=2, dp_shard={shard}" in log
-    losses = [float(m) for m in re.findall(r"step: 10  loss:\s+(\S+)", log)]
-    assert losses and all(math.isfinite(loss) for loss in losses)
+    steps = re.findall(r"step: +(\d+)  loss:\s+(\S+)  grad_norm: .* samples/s/GPU: .* MFU: ", log)
+    assert [int(step) for step, _ in steps] == list(range(1, 11)), log[-6000:]  # one line per step, from rank 0
+    assert all(math.isfinite(float(loss)) for _, loss in steps)
+    assert "tflops:" not in log and log.count("Error running lspci") <= 1
+    assert "wandb: offline (no WANDB_API_KEY and no `wandb login` key in netrc); offline files go to" in log
     assert bool(list(dump.glob("tb/*/wandb/offline-run-*"))) == wandb, "offline wandb run (WANDB_MODE from the sbatch)"
+
+
+def test_sbatch_refuses_an_argument_the_trainer_does_not_take(slurm_cluster, tmp_path):
+    """``--dataset`` is preflight's refusal, before srun starts a process (no TorchTitan traceback)."""
+    job = slurm_cluster.submit(
+        REPO_ROOT / "slurm" / "train.sbatch",
+        *("--job.config_file", TINY_CONFIG, "--dataset", tmp_path),
+        sbatch_opts=["--output", str(tmp_path / "job.out")],
+        env_extra={"NPROC_PER_NODE": "1"},
+        timeout=120,
+    )
+    log = job.log()
+    assert job.returncode == 1, log
+    assert "--dataset is not an argument of python -m stage2_train; it takes --training.dataset_path DIR" in log
+    assert "Traceback" not in log and "torch.distributed.run" not in log and "[titan]" not in log
