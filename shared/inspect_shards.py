@@ -102,6 +102,8 @@ def _as_text(
         top.append(report.damaged_remedy(summary))
     if verification is not None:
         top.append(report.verify_headline(verification))
+        if not verification.ok:
+            top.append(report.verify_remedy(verification, summary.dataset))
     parts = ["\n".join(top), report.render_summary(summary)]
     if samples:
         parts.append(report.render_samples(samples))

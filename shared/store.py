@@ -238,12 +238,12 @@ def verify_store(
             for start in range(0, attrs.num_samples, attrs.samples_per_shard):
                 block = array[start : start + attrs.samples_per_shard]
                 if spec.is_tensor and not _all_finite(block, identity.storage_dtype):
-                    problems.append(f"{name}: non-finite values in samples {start}..")
+                    problems.append(f"{name}: non-finite values in {_samples(start, attrs)}")
                 contract.checksum_update(hasher, block)
                 if on_block is not None:
                     on_block(name, block)
         except Exception as exc:
-            problems.append(f"{name}: unreadable in samples {start}.. ({type(exc).__name__}: {exc})")
+            problems.append(f"{name}: unreadable in {_samples(start, attrs)} ({type(exc).__name__}: {exc})")
             continue
         actual = "sha256:" + hasher.hexdigest()
         if actual != attrs.checksums.get(name):
@@ -302,13 +302,18 @@ def _shard_file(store: Path, array: zarr.Array, shard_index: int) -> Path:
     return store / array.path / key
 
 
+def _samples(start: int, attrs: StoreAttrs) -> str:
+    """The closed sample range of the Zarr shard that begins at ``start``: 'samples 4..7'."""
+    return f"samples {start}..{min(start + attrs.samples_per_shard, attrs.num_samples) - 1}"
+
+
 def _spot_check(array: zarr.Array, name: str, attrs: StoreAttrs, storage_dtype: str) -> list[str]:
     """Decode the first chunk of every shard file: a truncated or garbled shard fails its index CRC."""
     for start in range(0, attrs.num_samples, attrs.samples_per_shard):
         try:
             chunk = array[start : start + 1]
         except Exception as exc:
-            return [f"{name}: unreadable in samples {start}.. ({type(exc).__name__}: {exc})"]
+            return [f"{name}: unreadable in {_samples(start, attrs)} ({type(exc).__name__}: {exc})"]
         if not _all_finite(chunk, storage_dtype):
             return [f"{name}: non-finite values in sample {start}"]
     return []

@@ -233,6 +233,22 @@ def test_verify_catches_a_flipped_byte_in_any_chunk(small, tmp_path, capsys, nam
     assert code == 1 and "VERIFY FAILED" in out.splitlines()[1] and victim.name in out
 
 
+def test_verify_puts_the_problem_and_remedy_under_the_headline(small, tmp_path, capsys):
+    ds = copy(small, tmp_path)
+    victim = stores(ds)[2]
+    path = victim / ARRAY_FILES["t5"]  # the store's second Zarr shard
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    code, out = run(capsys, ds, "--verify", "--workers", "1")
+    last = contract.read_store_attrs(victim).num_samples - 1
+    lines = out.splitlines()
+    assert code == 1 and lines[1].startswith("VERIFY FAILED"), out
+    assert lines[2].startswith(f"  problem: {victim.name}: t5: unreadable in samples {SAMPLES_PER_SHARD}..{last} ("), out
+    assert lines[3] == f"  → delete the damaged store: rm -r {ds}/shards/{victim.name}", out
+    assert lines[4].startswith("    then rerun the same Stage 1 command (sbatch slurm/encode_array.sbatch"), out
+
+
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
 def test_verify_catches_a_truncated_store(small, tmp_path, damage):
     ds = copy(small, tmp_path)

@@ -211,6 +211,26 @@ def verify_headline(v: VerifyResult) -> str:
     return f"VERIFY FAILED: {_plural(len(v.findings), 'problem')} in {places} ({read})"
 
 
+def verify_remedy(v: VerifyResult, dataset: str) -> str:
+    """The problem and what to do, for the lines right under the verify headline (empty when ok)."""
+    if v.ok:
+        return ""
+    first = v.findings[0]
+    stores = [w for w in dict.fromkeys(f.where for f in v.findings) if w.endswith(".zarr")]
+    lines = [f"  problem: {first.where}: {_clip(first.what)}" + (f" (+{len(v.findings) - 1} more below)" if len(v.findings) > 1 else "")]
+    if stores:
+        paths = " ".join(f"{dataset.rstrip('/')}/shards/{name}" for name in stores[:MAX_LISTED])
+        lines.append(
+            f"  → delete the damaged store{'s' * (len(stores) != 1)}: rm -r {paths}"
+            + (f" (+{len(stores) - MAX_LISTED} more)" if len(stores) > MAX_LISTED else "")
+        )
+        lines.append(
+            "    then rerun the same Stage 1 command (sbatch slurm/encode_array.sbatch --input … --output "
+            f"{dataset} …): it encodes only the stores that are missing"
+        )
+    return "\n".join(lines)
+
+
 def render_findings(findings: list[Finding]) -> str:
     """Findings grouped under the store (or ``dataset``) they concern."""
     by_place: dict[str, list[str]] = {}
