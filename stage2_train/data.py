@@ -43,6 +43,8 @@ class PrecomputedDataset(Dataset):
         self.root = Path(root)
         self.identity = identity
         self.on_corrupt = on_corrupt
+        self.skipped = 0
+        """Unreadable samples (and stores) this process left out, under ``on_corrupt = "skip"``."""
         self.specs = {name: contract.array_specs(identity)[name] for name in TENSORS}
         self.stores: list[Path] = []
         counts: list[int] = []
@@ -88,7 +90,8 @@ class PrecomputedDataset(Dataset):
     def _corrupt(self, exc: ContractError) -> None:
         if self.on_corrupt == "fail":
             raise exc
-        logger.warning(f"skipping unreadable data (stage2.on_corrupt = skip): {exc}")
+        self.skipped += 1
+        logger.warning(f"skipping unreadable data (stage2.on_corrupt = skip; {self.skipped} skipped so far): {exc}")
 
 
 def collate(samples: list[dict[str, Any] | None]) -> Batch:

@@ -160,8 +160,9 @@ def test_store_damaged_on_disk_is_never_trained_on(mode, dataset, tmp_path, tall
     assert str(store) in text or store.name in text, text[-6000:]
     if mode == "fail":
         assert result.returncode != 0, text[-6000:]
+        assert f"stage2_train: error: {store}: cannot read t5[0]" in result.stderr, text[-6000:]
     else:
         assert result.returncode == 0, text[-6000:]
-        assert "skipping unreadable data" in text
+        assert "skipping unreadable data (stage2.on_corrupt = skip; 1 skipped so far)" in text
         assert len(trained) == 16 - len(bad) and set(trained) == set(range(16)) - bad  # 4 steps = one epoch
     tally.passed("stage2 corrupt-store trials")
