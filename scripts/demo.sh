@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: the whole product on one machine, through the real Slurm path, with tiny models.
 #
-#   bash scripts/demo.sh [WORK_DIR]        (default: ./demo_run; rerunning reuses what is there)
+#   bash scripts/demo.sh [WORK_DIR]        (default: ./demo_run; a rerun reuses the assets, tars and
+#                                           dataset, and keeps its logs and training run apart by run id)
 #
 # 1. setup (venv, Slurm) and a local 2-node Slurm cluster with fake GPUs
 # 2. tiny FLUX.1-schnell-layout assets (real formats, random weights) and CC12M-style tars
@@ -12,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 work=$(mkdir -p "${1:-demo_run}" && cd "${1:-demo_run}" && pwd)
+run_id=$(date -u +%Y%m%d-%H%M%S)
+logs="$work/logs/$run_id"   # a fresh cluster numbers jobs from 1 again: one log directory per run
 py=.venv/bin/python
+started=$SECONDS
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -41,33 +45,38 @@ await() {
     done
     if [[ $state != "COMPLETED " ]]; then
         echo "demo: job $job ended $state" >&2
-        tail -n 40 "$work"/logs/*"_$job"* >&2 || true
+        tail -n 40 "$logs"/*"_$job"* >&2 || true
         exit 1
     fi
 }
 
-# A fresh cluster numbers jobs from 1 again: keep this run's logs beside its data, not in ./logs.
-mkdir -p "$work/logs"
+mkdir -p "$logs"
 step "Stage 1: sbatch slurm/encode_array.sbatch (array of 2 tasks)"
-job=$(sbatch --parsable --array=0-1 --output="$work/logs/%x_%A_%a.out" slurm/encode_array.sbatch \
+job=$(sbatch --parsable --array=0-1 --output="$logs/%x_%A_%a.out" slurm/encode_array.sbatch \
     --input "$work/tars" --output "$work/dataset" --assets "$work/assets" --config configs/encode_tiny.toml)
 echo "  submitted array job $job"
 await "$job"
-tail -n 3 "$work"/logs/flux-encode_"$job"_*.out | sed 's/^/  /'
+tail -n 3 "$logs"/flux-encode_"$job"_*.out | sed 's/^/  /'
 
 step "inspect: python -m shared.inspect_shards DATASET --verify --show 2 --grid"
 $py -m shared.inspect_shards "$work/dataset" --verify --show 2 --grid "$work/grid.png"
+echo "  note: grid.png is decoded by the tiny AE's random weights, so it shows noise, not pictures"
 
 step "Stage 2: sbatch slurm/train.sbatch (2 nodes, HSDP replicate 2 x shard 1, 10 steps)"
-job=$(sbatch --parsable --output="$work/logs/%x_%j.out" slurm/train.sbatch --job.config_file configs/flux_tiny.toml \
-    --training.dataset_path "$work/dataset" --job.dump_folder "$work/train" --training.steps 10 \
+train="$work/train/$run_id"
+job=$(sbatch --parsable --output="$logs/%x_%j.out" slurm/train.sbatch --job.config_file configs/flux_tiny.toml \
+    --training.dataset_path "$work/dataset" --job.dump_folder "$train" --training.steps 10 \
     --checkpoint.enable --checkpoint.interval 5)
 echo "  submitted job $job"
 await "$job"
-grep -E "step: *[0-9]+ " "$work"/logs/flux-train_"$job".out | sed 's/^/  /'
+grep -E "step: *[0-9]+ " "$logs/flux-train_$job.out" | sed 's/^/  /'
+last=$(grep -E "step: *[0-9]+ " "$logs/flux-train_$job.out" | tail -n 1)
 
-step "done"
+bash scripts/local_slurm.sh stop "$cluster" >/dev/null 2>&1
+trap - EXIT
+step "done in $((SECONDS - started)) s (run $run_id); the local Slurm cluster was stopped"
+echo "  trained      $(sed -E 's/.*step: *([0-9]+) +loss: *([^ ]+).*/\1 steps, final loss \2/' <<<"$last")"
 echo "  dataset      $work/dataset"
-echo "  image grid   $work/grid.png"
-echo "  checkpoints  $work/train/checkpoint"
-echo "  logs         $work/logs/"
+echo "  image grid   $work/grid.png (random weights: noise)"
+echo "  checkpoints  $train/checkpoint"
+echo "  logs         $logs/"
