@@ -233,6 +233,23 @@ def test_verify_catches_a_flipped_byte_in_any_chunk(small, tmp_path, capsys, nam
     assert code == 1 and "VERIFY FAILED" in out.splitlines()[1] and victim.name in out
 
 
+def test_preprocessing_block_says_the_crop_is_fixed_per_sample(small, tmp_path, capsys):
+    ds = copy(small, tmp_path)
+    meta = json.loads((ds / contract.DATASET_FILE).read_text())
+    meta["identity"]["preprocessing"]["crop"] = "square; offset from the key"
+    meta["identity_digest"] = contract.Identity.from_dict(meta["identity"]).digest()
+    (ds / contract.DATASET_FILE).write_text(json.dumps(meta))
+    _, out = run(capsys, ds)  # every store now has another identity: reported, not a crash
+    assert out.startswith("INVALID: 0 stores, 0 samples, 4 stores must not be used") and "the crop is fixed per sample at encode time" in out
+    for store in stores(ds):
+        set_attrs(store, identity_digest=meta["identity_digest"])
+    _, out = run(capsys, ds)
+    assert out.startswith("UNKNOWN EXTENT: 4 stores"), out
+    assert "the crop is fixed per sample at encode time" in out
+    _, out = run(capsys, small)
+    assert "the crop is fixed per sample" not in out  # no crop recorded, nothing claimed
+
+
 def test_verify_puts_the_problem_and_remedy_under_the_headline(small, tmp_path, capsys):
     ds = copy(small, tmp_path)
     victim = stores(ds)[2]

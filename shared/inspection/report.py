@@ -25,6 +25,11 @@ TASK_ORDER = {"failed": 0, "stale": 1, "running": 2, "done": 3}
 """Most urgent first in the task table."""
 
 
+CROP_NOTE = (
+    "(the crop is fixed per sample at encode time: every epoch trains the same crop of an image, "
+    "where the seed's online trainer draws a new random one)"
+)
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -89,8 +94,11 @@ def render_summary(s: Summary) -> str:
 def _overview(s: Summary) -> str:
     lines = [_row("Dataset", s.dataset), _row("Stores", _stores_line(s))]
     lines += [_row("", line) for line in _store_lists(s)]
-    per_store = f" (per store min {s.samples_per_store[0]:,} · median {s.samples_per_store[1]:,} · max {s.samples_per_store[2]:,})"
-    lines.append(_row("Samples", f"{s.samples:,}" + (per_store if s.samples_per_store else "")))
+    per_store = ""
+    if s.samples_per_store:  # None when no store is usable
+        low, median, high = s.samples_per_store
+        per_store = f" (per store min {low:,} · median {median:,} · max {high:,})"
+    lines.append(_row("Samples", f"{s.samples:,}{per_store}"))
     skipped = sum(s.skipped.values())
     reasons = " · ".join(f"{reason} {n:,}" for reason, n in s.skipped.items())
     share = f" ({100 * skipped / (skipped + s.samples):.1f} % of inputs)" if skipped else ""
@@ -174,6 +182,8 @@ def _identity(s: Summary) -> str:
     rows += _block("  encoders", _encoder_lines(i.encoders) or ["none recorded (synthetic data?)"])
     width = max(map(len, i.preprocessing), default=0) + 2
     settings = [f"{key:<{width}}{value}" for key, value in sorted(i.preprocessing.items())]
+    if "crop" in i.preprocessing:
+        settings.append(CROP_NOTE)
     rows += _block("  preprocessing", settings or ["none recorded"])
     if s.assets_dir:
         rows.append(_row("  assets", s.assets_dir))
