@@ -250,6 +250,21 @@ def test_preprocessing_block_says_the_crop_is_fixed_per_sample(small, tmp_path, 
     assert "the crop is fixed per sample" not in out  # no crop recorded, nothing claimed
 
 
+def test_damaged_source_in_the_headline_with_the_remedy_under_it(small, tmp_path, capsys):
+    ds = copy(small, tmp_path)
+    victim = stores(ds)[1]
+    whole = contract.read_store_attrs(stores(ds)[0]).samples_read
+    attrs = contract.read_store_attrs(victim)
+    set_attrs(victim, truncated_at_byte=123_456, skipped={"truncated_tar": 1}, num_samples=attrs.num_samples)
+    code, out = run(capsys, ds)
+    lines = out.splitlines()
+    unread = whole - attrs.num_samples
+    assert code == 0 and lines[0].startswith(  # no heartbeats in this dataset: its extent is unknown
+        f"UNKNOWN EXTENT with 1 damaged source: {attrs.source} cut at byte 123,456, ~{unread} samples unread · 4 stores"
+    ), out
+    assert lines[1].startswith("  → each damaged store holds the whole samples before its tar's cut. Replace the tar")
+
+
 def test_verify_puts_the_problem_and_remedy_under_the_headline(small, tmp_path, capsys):
     ds = copy(small, tmp_path)
     victim = stores(ds)[2]
