@@ -39,9 +39,18 @@ INPUT_BYTES_PER_SAMPLE = 91_000
 """CC12M: ~1 TB of tars for 10,968,539 samples; a tar's sample count is estimated from its size."""
 
 
+HELP = """Checks in seconds what would fail a Stage 1 array task hours in: the GPU, the input tars, the
+assets (and their hashes with --hash), free space for the stores still to write, write permission.
+Prints one table; exit status 1 when a check FAILs. slurm/encode_array.sbatch runs it first.
+
+    python -m stage1_encode.preflight --input TARS --output DATASET --assets DIR [--config FILE]
+        [--hash] [--section.key value …]            the arguments of python -m stage1_encode
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = command_line(
-        "python -m stage1_encode.preflight", __doc__, "Other arguments are the config overrides (--section.key value)."
+        "python -m stage1_encode.preflight", HELP, "Other arguments are the config overrides (--section.key value)."
     )
     parser.add_argument("--config", type=Path, help="Stage 1 TOML config")
     parser.add_argument("--input", help="directory, glob or URL (hf://datasets/…) of input tars")

@@ -38,8 +38,17 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 """A TorchTitan checkpoint holds fp32 weights and AdamW's two fp32 moments."""
 
 
+HELP = """Checks in seconds what would fail a Stage 2 job hours in: GPUs for the parallel degrees, the
+network between nodes, the dataset's identity against the model, room for checkpoints. Prints one
+table; exit status 1 when a check FAILs, 2 for an argument python -m stage2_train would refuse.
+slurm/train.sbatch runs it first, with the same arguments as the trainer.
+
+    python -m stage2_train.preflight --job.config_file FILE [--training.dataset_path DIR] [--section.key value …]
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = command_line("python -m stage2_train.preflight", __doc__, "")
+    parser = command_line("python -m stage2_train.preflight", HELP, "python -m stage2_train --help lists the options.")
     _, titan = parser.parse_known_args(argv)
     problems = argument_problems(titan)
     if problems:

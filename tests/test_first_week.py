@@ -10,6 +10,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from shared import contract
 from stage1_encode.progress import Progress
 from stage1_encode.sources import list_tars
@@ -93,3 +95,16 @@ def test_eta_appears_with_the_first_batch(tmp_path):
     first, second = out.getvalue().splitlines()
     assert first.endswith("ETA ?") and not second.endswith("ETA ?")
     assert contract.SourceFingerprint(1, "x").to_dict() == {"size": 1, "digest": "x"}
+
+
+def test_preflight_help_speaks_to_users(capsys):
+    from stage1_encode.preflight import main as encode_preflight
+    from stage2_train.preflight import main as train_preflight
+
+    for main in (encode_preflight, train_preflight):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert "Checks in seconds what would fail" in text and "exit status 1 when a check FAILs" in text
+        assert "shared." not in text and "``" not in text  # no module names, no docstring markup
