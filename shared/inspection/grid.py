@@ -174,8 +174,12 @@ def _require_architecture(ae: torch.nn.Module, identity: Identity) -> None:
         raise ContractError(f"AE weights differ from the dataset's AE (loaded, dataset): {diff}")
 
 
+CAPTION_FONT_PX = 13
+"""Pillow's default size (10 px) renders ':' and ';' as near-invisible specks; 13 px keeps them legible."""
+
+
 def _font() -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
+    return ImageFont.load_default(size=CAPTION_FONT_PX)
 
 
 def _line_height(font: ImageFont.FreeTypeFont) -> int:
