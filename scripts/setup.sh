@@ -50,7 +50,7 @@ else
     step "$TORCH from the configured index (PyPI): $CPU_INDEX is not reachable from here"
     .venv/bin/python -m pip install -qq -c "$LOCK" "$TORCH"
 fi
-.venv/bin/python -c 'import torch; print("setup: installed torch", torch.__version__, "CUDA build:", torch.version.cuda)'
+.venv/bin/python -W ignore -c 'import torch; print("setup: installed torch", torch.__version__, "CUDA build:", torch.version.cuda)'
 
 step "project + test extras (pip install -c $LOCK -e '.[test]')"
 # The constraints pin torch too, so pip keeps the build installed above while resolving the rest.
