@@ -57,3 +57,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if _SLURM_VERSION in config.stash:
         terminalreporter.write_line(f"local Slurm cluster: slurm {config.stash[_SLURM_VERSION]} "
                                     f"(suite written against {TESTED_SLURM})")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The HF_TOKEN scan (tests/reliability/test_zz_logs.py) runs last of the whole session, so it reads
+    every log and output file the other tests wrote, not only those of the tests collected before it."""
+    items.sort(key=lambda item: item.path.name == "test_zz_logs.py")
