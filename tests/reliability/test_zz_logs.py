@@ -1,8 +1,9 @@
-"""Runs last of the session (tests/conftest.py puts it there). First it runs the code that handles ``HF_TOKEN`` (a canary every process of
-the suite inherits, see conftest.py) for real, against a fake Hub that refuses the token: the weights
-fetch, the CC12M download and Stage 1 streaming ``hf://`` input, each a CLI in its own process with its
-output and logs kept. Then the canary must appear in no file the session produced: those logs and
-outputs, the Hub client's home, every other test's logs, ledgers, Slurm output and metadata."""
+"""Runs last of the session (tests/conftest.py puts it there). First it runs the code that handles
+``HF_TOKEN`` (a canary every process of the suite inherits, see conftest.py) for real, against a fake
+Hub that refuses the token: the weights fetch, the CC12M download and Stage 1 streaming ``hf://``
+input, each a CLI in its own process with its output and logs kept. Then the canary must appear in no
+file the session produced: those logs and outputs, the Hub client's home, every other test's logs,
+ledgers, Slurm output and metadata."""
 
 from __future__ import annotations
 
