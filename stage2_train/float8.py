@@ -34,10 +34,6 @@ MODULATION = ("_mod.", "modulation.")
 """Double blocks' ``img_mod``/``txt_mod`` and single blocks' ``modulation``: one row per sample."""
 
 
-class Float8Unavailable(ValueError):
-    """FP8 was asked for where it cannot run."""
-
-
 def float8_device_problem() -> str | None:
     """Why this process cannot train in FP8, or ``None`` when its GPU can."""
     if not torch.cuda.is_available():
@@ -66,7 +62,7 @@ class FluxFloat8Converter(Float8LinearConverter):
         _refuse_unless_runnable(job_config)
         super().__init__(job_config, parallel_dims)
         if not self.enabled:  # TorchTitan only warns (e.g. a torchao too old for recipe_name)
-            raise Float8Unavailable("float8: TorchTitan could not configure torchao's Float8Linear (see the warning above)")
+            raise ValueError("float8: TorchTitan could not configure torchao's Float8Linear (see the warning above)")
         self.filter_fn = partial(is_float8_block_linear, filter_fqns=list(job_config.quantize.linear.float8.filter_fqns))
 
 
@@ -74,13 +70,13 @@ def _refuse_unless_runnable(job_config: JobConfig) -> None:
     hint = f'remove "{CONVERTER_NAME}" from [model] converters to train in bf16'
     problem = float8_device_problem()
     if problem is not None:
-        raise Float8Unavailable(f"float8 training needs an NVIDIA GPU of compute capability >= 8.9, but {problem}: {hint}")
+        raise ValueError(f"float8 training needs an NVIDIA GPU of compute capability >= 8.9, but {problem}: {hint}")
     if job_config.quantize.linear.float8.emulate:
-        raise Float8Unavailable(f"float8 emulation is not offered (it is a test mode of TorchTitan's): {hint}")
+        raise ValueError(f"float8 emulation is not offered (it is a test mode of TorchTitan's): {hint}")
     try:
         import torchao.float8  # noqa: F401
     except ImportError as exc:
-        raise Float8Unavailable(f"float8 training needs torchao (pip install 'flux-encode-once[fp8]'): {exc}") from exc
+        raise ValueError(f"float8 training needs torchao (pip install 'flux-encode-once[fp8]'): {exc}") from exc
 
 
 register_model_converter(FluxFloat8Converter, CONVERTER_NAME)
