@@ -58,7 +58,7 @@ class Bench:
         """One run of ``variant``; its figures emitted; its summary returned."""
         data = (online_inputs(self.workdir / "data", self.args.samples, self.cpu) if variant.online
                 else stage1_dataset(self.workdir / "data", self.flavor, self.args.samples))  # fmt: skip
-        job = runs.Job(variant, self.flavor, batch, steps, self.args.seed, self.args.compile_backend)
+        job = runs.Job(variant, self.flavor, batch, steps, self.args.seed, self.args.compile_backend, tuple(self.args.trainer_args.split()))
         log(f"{variant.name} batch {batch}, {steps} steps ...")
         outcome = runs.run(job, data, self.workdir, self.args.run_timeout_s, self.cpu)
         s = figures.summarize(outcome, batch, self.args.warmup, self.flops, self.peak_flops)
@@ -125,6 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         c.add_argument("--run-timeout-s", type=float, default=600.0)
         c.add_argument("--workdir", type=Path, default=Path("/tmp/stage2_bench"))
         c.add_argument("--out", type=Path, help="append the figures (JSON lines) here too")
+        c.add_argument("--trainer-args", default="", help="more overrides for the trainers, e.g. '--profiling.enable_profiling'")
     sub.choices["timed"].add_argument("--batch", type=int, default=32)
     sub.choices["max-batch"].add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=SEARCH_SIZES)
     sub.choices["max-batch"].add_argument("--start", type=int, default=48, help="the size tried first")

@@ -21,6 +21,9 @@ PRODUCT_CONFIG = REPO / "configs" / "flux_schnell.toml"
 ONLINE_CONFIG = Path(__file__).with_name("online.toml")
 METRICS_FILE = "metrics.jsonl"
 OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+FULL_PCT = 98.0
+"""A run that fails after a step used this much of the device's memory ran out of it, whatever the
+error says: with the memory full, NCCL's first collective fails as ``ncclUnhandledCudaError``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Job:
     steps: int
     seed: int = 0
     compile_backend: str = "inductor"
+    trainer_args: tuple[str, ...] = ()
+    """More ``--section.key value`` overrides for the trainer (e.g. its profiler)."""
 
 
 @dataclasses.dataclass
@@ -63,7 +68,7 @@ def command(job: Job, dump: Path, data: Path | OnlineInputs) -> list[str]:
             "--checkpoint.no-enable", "--lr_scheduler.warmup_steps", "30",
         )  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    return [*torchrun, "-m", entry, "--job.config_file", str(config), *common, *inputs, *job.variant.overrides()]
+    return [*torchrun, "-m", entry, "--job.config_file", str(config), *common, *inputs, *job.variant.overrides(), *job.trainer_args]
 
 
 def run(job: Job, data: Path | OnlineInputs, workdir: Path, timeout_s: float, cpu: bool) -> Outcome:
@@ -93,7 +98,8 @@ def run(job: Job, data: Path | OnlineInputs, workdir: Path, timeout_s: float, cp
     if rc is None:
         outcome.status, outcome.reason = "timeout", f"stopped after {timeout_s:.0f} s"
     elif rc != 0:
-        oom = any(marker in text for marker in OOM_MARKERS)
+        full = any(r.get("memory/max_reserved(%)", 0) >= FULL_PCT for r in outcome.records)
+        oom = full or any(marker in text for marker in OOM_MARKERS)
         outcome.status, outcome.reason = ("oom", "out of memory") if oom else ("error", _error_line(text))
     return outcome
 
