@@ -16,12 +16,12 @@ from collections import defaultdict
 from pathlib import Path
 
 KINDS = (  # first match wins
-    ("optimizer", ("adam",)),
-    ("attention", ("flash", "fmha", "attention")),
+    ("optimizer (fused AdamW)", ("fusedoptimizer", "adam")),
+    ("foreach (grad-norm clipping)", ("multi_tensor_apply",)),
+    ("attention", ("flash", "fmha", "attention", "cudnn")),
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul")),
-    ("norms, clipping", ("norm",)),
-    ("copies, casts", ("copy", "memcpy", "memset", "cast", "to_copy")),
-    ("fused elementwise (triton)", ("triton",)),
+    ("fused elementwise, norms, casts (triton)", ("triton",)),
+    ("copies", ("copy", "memcpy", "memset")),
 )
 
 
@@ -56,7 +56,7 @@ def summarize(trace: Path, top: int) -> str:
             ranges[e["name"]] += e["dur"]
     lines = [f"{trace}: {len(steps)} step(s), wall {wall / 1e3:.1f} ms (CPU), GPU span {span / 1e3:.1f} ms, "
              f"busy {busy / 1e3:.1f} ms, idle {100 * (1 - busy / span):.1f} % of the span, {len(kernels)} kernels"]  # fmt: skip
-    lines += [f"  {name:<28} {us / 1e3:9.1f} ms  {100 * us / busy:5.1f} %" for name, us in sorted(by_kind.items(), key=lambda x: -x[1])]
+    lines += [f"  {name:<42} {us / 1e3:9.1f} ms  {100 * us / busy:5.1f} %" for name, us in sorted(by_kind.items(), key=lambda x: -x[1])]
     lines.append("  GPU time of annotated ranges:")
     lines += [f"    {name[:60]:<60} {us / 1e3:9.1f} ms" for name, us in sorted(ranges.items(), key=lambda x: -x[1])[:top]]
     return "\n".join(lines)
