@@ -133,10 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("paths", type=Path, nargs="+")
     r.add_argument("--batch", type=int, default=32, help="the equal batch the variants are compared at")
     r.add_argument("--out", type=Path, help="append the derived figures (speed-ups, fidelity, targets) here")
-    args = p.parse_args(argv)
-    if args.command == "max-batch" and isinstance(args.sizes, str):
-        args.sizes = [int(x) for x in args.sizes.split(",")]
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
