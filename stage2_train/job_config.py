@@ -5,7 +5,8 @@ user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed 
 ``[validation] prompts_path, image_freq, seed`` what only stored prompt encodings need. Everything else
 (``[training] dataset_path, local_batch_size, steps``, ``[training.dataloader]``, ``[validation] enable,
 freq, steps, local_batch_size, dataset_path``, ``[validation.dataloader]``, ``[parallelism]``,
-``[activation_checkpoint]``, ``[compile]``, ``[checkpoint]``, ``[metrics]``) is TorchTitan's own.
+``[activation_checkpoint]``, ``[compile]``, ``[checkpoint]``, ``[metrics]`` but its ``jsonl_file``) is
+TorchTitan's own.
 """
 
 
@@ -73,8 +74,17 @@ class Stage2:
 
 
 @dataclass
+class Metrics:
+    jsonl_file: str = ""
+    """Also append every logged record (TorchTitan's names: loss, step time, data-loading share, peak
+    memory, MFU; plus samples/s) as one JSON line to ``<job.dump_folder>/<jsonl_file>``, first rank
+    only; empty: off. Scripts (the Stage 2 benchmark) read it instead of parsing the console."""
+
+
+@dataclass
 class JobConfig:
     training: Training = field(default_factory=Training)
     encoder: Encoder = field(default_factory=Encoder)
     validation: Validation = field(default_factory=Validation)
     stage2: Stage2 = field(default_factory=Stage2)
+    metrics: Metrics = field(default_factory=Metrics)

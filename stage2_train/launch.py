@@ -13,6 +13,7 @@ import os
 import sys
 
 import torchtitan.train
+from torchtitan.train import Trainer
 
 import stage2_train.train_spec  # noqa: F401  (registers the TrainSpec)
 from stage2_train.device import use_cpu_if_no_cuda
@@ -20,8 +21,13 @@ from stage2_train.trainer import PrecomputedFluxTrainer
 
 
 def main() -> None:
+    run_trainer(PrecomputedFluxTrainer)
+
+
+def run_trainer(trainer_cls: type[Trainer]) -> None:
+    """TorchTitan's main with ``trainer_cls`` (the benchmark runs the stock trainer through it too)."""
     use_cpu_if_no_cuda()
-    torchtitan.train.main(PrecomputedFluxTrainer)  # raises on failure: the normal exit reports it
+    torchtitan.train.main(trainer_cls)  # raises on failure: the normal exit reports it
     gc.collect()
     logging.shutdown()
     sys.stdout.flush()
