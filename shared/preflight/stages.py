@@ -73,6 +73,7 @@ def train_rows(
     checkpoints. ``args`` are TorchTitan's (``--job.config_file FILE --section.key value …``)."""
     from torchtitan.config import ConfigManager
 
+    from stage2_train.dataset_extent import incomplete_dataset_refusal
     from stage2_train.flavors import FLAVORS
 
     rows = versions()
@@ -101,6 +102,8 @@ def train_rows(
         rows.append(Row("dataset", FAIL, "no dataset: give --dataset DIR (or --training.dataset_path)"))
     else:
         rows.append(inputs.train_identity_row(Path(job.training.dataset_path), job, flavor))
+        refusal = incomplete_dataset_refusal(job)  # a resume trains on its pinned stores: never refused
+        rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)
     rows.append(storage.writable_row("output", dump))
     if job.checkpoint.enable:
