@@ -90,8 +90,9 @@ class ElasticDataloader(ParallelAwareDataloader):
         self.trained = position
         if state["layout"] != self._layout():
             logger.info(f"sample order: layout changed from {_describe(state['layout'])} to {_describe(self._layout())}")
+        start = position.next_batch_start(len(self.dataset), self.batch_sampler.global_batch)
         logger.info(
-            f"sample order: resuming at epoch {position.epoch}, sample {position.consumed:,} of "
+            f"sample order: resuming at epoch {start.epoch}, sample {start.consumed:,} of "
             f"{len(self.dataset):,} in {len(self.dataset.stores)} pinned stores"
         )
 
