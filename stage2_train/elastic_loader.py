@@ -20,6 +20,7 @@ from torchtitan.components.dataloader import ParallelAwareDataloader
 from torchtitan.tools.logging import logger
 
 from stage2_train.sampler import EpochBatchSampler, SamplePosition
+from stage2_train.stop_request import ignore_sigterm
 
 if TYPE_CHECKING:  # data.py builds this loader
     from stage2_train.data import Batch, PrecomputedDataset
@@ -37,7 +38,10 @@ class ElasticDataloader(ParallelAwareDataloader):
         dataset_refresh: bool,
         **options: Any,
     ) -> None:
-        super().__init__(dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, batch_sampler=sampler, **options)
+        super().__init__(
+            dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, batch_sampler=sampler,
+            worker_init_fn=ignore_sigterm, **options,
+        )
         self.dataset_refresh = dataset_refresh
         self.trained = SamplePosition()
 

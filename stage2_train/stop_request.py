@@ -27,6 +27,12 @@ REASONS = {1: "time limit (SIGUSR1)", 2: "preemption or scancel (SIGTERM)"}
 """Stop codes, larger wins when ranks disagree; a stop file holding neither signal name reads as 1."""
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: torchrun and Slurm signal whole process groups, and a worker dying
+    of SIGTERM would fail its rank before the agreed stop; the loader ends its workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StopRequest:
     """Whether this run was asked to stop, as every rank agrees it at a step boundary."""
 
