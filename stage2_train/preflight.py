@@ -27,6 +27,7 @@ from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, Row, command_line, print_table
 from shared.units import count, size
 from stage2_train.flavors import FLAVORS
+from stage2_train.dataset_extent import incomplete_dataset_refusal
 from stage2_train.identity_check import identity_differences
 
 TRAIN_BYTES_PER_PARAM = 16
@@ -83,6 +84,8 @@ def train_rows(
         rows.append(Row("dataset", FAIL, "no dataset: give --dataset DIR (or --training.dataset_path)"))
     else:
         rows.append(train_identity_row(Path(job.training.dataset_path), job, flavor))
+        refusal = incomplete_dataset_refusal(job)  # a resume trains on its pinned stores: never refused
+        rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)
     rows.append(storage.writable_row("output", dump))
     if job.checkpoint.enable:
