@@ -19,7 +19,8 @@ from torchtitan.models.flux import FluxModel
 from torchtitan.models.flux.infra.parallelize import apply_fsdp
 
 from shared import contract
-from shared.contract import ContractError, TaskProgress
+from shared.contract import ContractError
+from shared.heartbeat import Heartbeat, write_heartbeat
 from stage2_train.preflight import main as preflight_main
 from stage2_train.data import build_precomputed_dataloader
 from stage2_train.dataset_extent import incomplete_dataset_refusal
@@ -116,7 +117,7 @@ def test_resume_keeps_the_pinned_stores_unless_refreshed(dataset):
 def _heartbeat(dataset: Path, task: int, stores: list[int], state: str) -> None:
     now = time.time()
     sources = [f"synthetic-{i:04d}.zarr" for i in stores]
-    contract.write_progress(dataset, TaskProgress(task, 2, sources, state, now - 60, now))
+    write_heartbeat(dataset, Heartbeat(task, 2, sources, state, now - 60, now))
 
 
 def test_new_run_on_unfinished_dataset_is_refused_naming_the_missing_tars(dataset, tmp_path, capsys):
