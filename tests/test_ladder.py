@@ -1,0 +1,166 @@
+"""The resolution ladder (issue 19): a 512 px dataset encoded ``--text-from`` a 256 px one stores images only,
+pairs every sample by key, and Stage 2 reads it as it reads a full 512 px encode; moving both keeps them
+paired, deleting or rewriting the text dataset is reported in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from shared import asset_loading, contract, pairing
+from shared.assets.sample_data import shard_name
+from shared.pairing import PairingError
+from stage1_encode.config import load_config
+from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.pipeline import Task, run_task
+from stage2_train.data import load_empty_prompt, precomputed_dataset
+from stage2_train.paired_data import PairedDataset
+from test_stage1_pipeline import TINY_CONFIG
+from test_stage1_units import image_bytes
+
+pytest_plugins = ["fixtures_assets"]
+
+SIZES = [(640, 520), (700, 560), (300, 400), (520, 800), (600, 600), (400, 300)]
+"""Per tar: four images reach 512 px, two only 256 px (the 512 px dataset is a subset)."""
+
+
+def write_ladder_tars(out: Path, shards: int = 2) -> Path:
+    """CC12M-style tars of RGB JPEGs, some large enough for 512 px."""
+    out.mkdir(parents=True)
+    for s in range(shards):
+        with tarfile.open(out / shard_name(s), "w") as tar:
+            for i, size in enumerate(SIZES):
+                key = f"{s:04d}{i:05d}"
+                members = {f"{key}.jpg": image_bytes("RGB", size), f"{key}.txt": f"picture {s}-{i}, {size[0]} wide".encode()}
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def encode(tars: Path, output: Path, assets: Path, size: int, text_from: Path | None = None):
+    config = load_config(TINY_CONFIG, [("image.size", str(size))])
+    return run_task(config, Task(str(tars), output, assets, text_from=text_from), out=io.StringIO())
+
+
+def forbid(*_args, **_kwargs):
+    raise AssertionError("a --text-from run loaded a text encoder")
+
+
+@pytest.fixture(scope="module")
+def ladder(tiny_assets, tmp_path_factory) -> dict[str, Path]:
+    """tars; text256 (full encode at 256); image512 (--text-from text256, T5/CLIP loaders forbidden);
+    full512 (full encode at 512, the reference)."""
+    root = tmp_path_factory.mktemp("ladder")
+    paths = {"tars": write_ladder_tars(root / "tars"), "text256": root / "text256", "image512": root / "image512"}
+    encode(paths["tars"], paths["text256"], tiny_assets, 256)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(asset_loading, "load_t5", forbid)
+        patch.setattr(asset_loading, "load_clip", forbid)
+        encode(paths["tars"], paths["image512"], tiny_assets, 512, text_from=paths["text256"])
+    paths["full512"] = root / "full512"
+    encode(paths["tars"], paths["full512"], tiny_assets, 512)
+    return paths
+
+
+def test_text_from_stores_images_only_paired_by_key(ladder):
+    text, image = contract.read_identity(ladder["text256"]), contract.read_identity(ladder["image512"])
+    assert image.text_dataset == text.digest() and text.text_dataset is None
+    assert (image.image_size, image.t5_max_length, image.t5_dim, image.clip_dim) == (512, 256, text.t5_dim, text.clip_dim)
+    assert image == dataclasses.replace(contract.read_identity(ladder["full512"]), text_dataset=text.digest())
+    assert not (ladder["image512"] / contract.EMPTY_PROMPT_STORE).exists()
+    record = contract.read_dataset_json(ladder["image512"])
+    assert record[pairing.RELPATH_KEY] == "../text256"
+    stores = contract.committed_store_paths(ladder["image512"])
+    assert [p.name for p in stores] == [p.name for p in contract.committed_store_paths(ladder["text256"])]
+    for path in stores:
+        group = zarr.open_group(path, mode="r")
+        assert set(group.array_keys()) == {"text_index", "ae_mean", "ae_logvar", "key", "caption", "original_size", "crop_box"}
+        attrs = contract.read_store_attrs(path)
+        assert attrs.num_samples == 4 and attrs.skipped == {"too_small": 2}
+        text_keys = zarr.open_group(ladder["text256"] / "shards" / path.name, mode="r")["key"][:]
+        assert len(text_keys) == 6
+        assert pairing.keys_mismatch(group["key"][:], group["text_index"][:], text_keys) == 0
+        assert attrs.text_store == {"name": path.name, "key_checksum": contract.read_store_attrs(ladder["text256"] / "shards" / path.name).checksums["key"]}
+    # the image part is a full encode's store less T5 and CLIP (float32 here), plus an int64 per sample
+    full = contract.read_store_attrs(contract.committed_store_paths(ladder["full512"])[-1])
+    assert full.raw_bytes - attrs.raw_bytes == 4 * (4 * (image.t5_max_length * image.t5_dim + image.clip_dim) - 8)
+
+
+def test_paired_dataset_reads_what_a_full_encode_stores(ladder):
+    paired = precomputed_dataset(ladder["image512"], contract.read_identity(ladder["image512"]), "fail")
+    full = precomputed_dataset(ladder["full512"], contract.read_identity(ladder["full512"]), "fail")
+    assert isinstance(paired, PairedDataset) and len(paired) == len(full) == 8
+    for i in range(len(full)):
+        ours, reference = paired[i], full[i]
+        for name in contract.TENSORS:
+            torch.testing.assert_close(ours[name], reference[name], rtol=1e-5, atol=1e-6)
+    empty = load_empty_prompt(ladder["image512"], paired.identity)
+    for name, tensor in load_empty_prompt(ladder["text256"], contract.read_identity(ladder["text256"])).items():
+        assert torch.equal(empty[name], tensor)
+
+
+def test_moved_together_stays_paired_deleted_or_rewritten_is_one_line(ladder, tmp_path, monkeypatch):
+    moved = tmp_path / "moved"
+    for name in ("text256", "image512"):
+        shutil.copytree(ladder[name], moved / name)
+    record_path = moved / "image512" / contract.DATASET_FILE  # the place it was encoded at is gone
+    record = json.loads(record_path.read_text())
+    record[pairing.PATH_KEY] = str(tmp_path / "gone" / "text256")
+    record_path.write_text(json.dumps(record))
+    identity = contract.read_identity(moved / "image512")
+    assert PairedDataset(moved / "image512", identity, "fail").text.root == (moved / "text256").resolve()
+
+    # moved apart: found through the search path by its directory name
+    apart = tmp_path / "elsewhere"
+    apart.mkdir()
+    (moved / "text256").rename(apart / "text256")
+    with pytest.raises(PairingError) as gone:
+        PairedDataset(moved / "image512", identity, "fail")
+    assert "not found" in str(gone.value) and "\n" not in str(gone.value)
+    monkeypatch.setenv(pairing.SEARCH_PATH_ENV, str(apart))
+    assert pairing.locate_text_dataset(moved / "image512") == (apart / "text256").resolve()
+
+    # a text store rewritten under it (its keys' checksum changed)
+    store = apart / "text256" / "shards" / shard_name(0).replace(".tar", ".zarr")
+    attrs = json.loads((store / "zarr.json").read_text())
+    attrs["attributes"]["checksums"]["key"] = "sha256:" + "0" * 64
+    (store / "zarr.json").write_text(json.dumps(attrs))
+    with pytest.raises(PairingError) as rewritten:
+        PairedDataset(moved / "image512", identity, "fail")
+    message = str(rewritten.value)
+    assert "1 of 2 stores no longer pair" in message and "rewritten" in message and "\n" not in message
+
+
+def test_keys_the_text_dataset_lacks_are_counted_and_missing_stores_refused(tiny_assets, ladder, tmp_path):
+    fewer, one = tmp_path / "fewer-tars", tmp_path / "one-tar"
+    fewer.mkdir()
+    one.mkdir()
+    shutil.copy(ladder["tars"] / shard_name(0), one)
+    with tarfile.open(ladder["tars"] / shard_name(0)) as full, tarfile.open(fewer / shard_name(0), "w") as tar:
+        for member in full.getmembers():
+            if not member.name.startswith("000000000."):  # the text dataset never saw this sample
+                tar.addfile(member, full.extractfile(member))
+    encode(fewer, tmp_path / "text", tiny_assets, 256)
+    encode(one, tmp_path / "image", tiny_assets, 512, text_from=tmp_path / "text")
+    attrs = contract.read_store_attrs(contract.committed_store_paths(tmp_path / "image")[0])
+    assert attrs.skipped == {"not_in_text_dataset": 1, "too_small": 2} and attrs.num_samples == 3
+    with pytest.raises(Stage1Error, match="no committed store for 1 of this task's tars"):
+        encode(ladder["tars"], tmp_path / "image", tiny_assets, 512, text_from=tmp_path / "text")
+
+
+def test_text_from_refuses_what_cannot_pair(tiny_assets, ladder, tmp_path):
+    with pytest.raises(Stage1Error, match="is not a dataset"):
+        encode(ladder["tars"], tmp_path / "a", tiny_assets, 512, text_from=tmp_path / "nothing")
+    with pytest.raises(Stage1Error, match="made with --text-from"):
+        encode(ladder["tars"], tmp_path / "b", tiny_assets, 512, text_from=ladder["image512"])
