@@ -16,7 +16,10 @@ import pytest
 import torch
 import zarr
 
-from shared import asset_loading, contract, pairing
+from PIL import Image
+
+from shared import asset_loading, contract, inspect_shards, pairing
+from shared.inspection.grid import grid_size
 from shared.assets.sample_data import shard_name
 from shared.pairing import PairingError
 from stage1_encode.config import load_config
@@ -164,3 +167,20 @@ def test_text_from_refuses_what_cannot_pair(tiny_assets, ladder, tmp_path):
         encode(ladder["tars"], tmp_path / "a", tiny_assets, 512, text_from=tmp_path / "nothing")
     with pytest.raises(Stage1Error, match="made with --text-from"):
         encode(ladder["tars"], tmp_path / "b", tiny_assets, 512, text_from=ladder["image512"])
+
+
+def test_inspect_shows_both_halves_verifies_the_pairing_and_decodes_at_512(ladder, tmp_path, capsys):
+    assert inspect_shards.main([str(ladder["image512"]), "--verify", "--workers", "1", "--show", "2", "--grid", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"from {ladder['text256'].resolve()}" in out and "every store pairs" in out
+    assert "image 512 px" in out and "VERIFIED: 2 stores, 8 samples" in out
+    assert Image.open(tmp_path / "g.png").size == grid_size(2, 512)
+
+    broken = tmp_path / "broken"
+    for name in ("text256", "image512"):
+        shutil.copytree(ladder[name], broken / name)
+    shutil.rmtree(broken / "text256" / "shards" / shard_name(1).replace(".tar", ".zarr"))
+    assert inspect_shards.main([str(broken / "image512"), "--verify", "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "no longer pair" in line]
+    assert len(lines) == 2 and "1 of 2 stores" in lines[0], out  # the text section and the verify finding
