@@ -29,6 +29,7 @@ from stage2_train.data import load_empty_prompt, precomputed_dataset
 from stage2_train.paired_data import PairedDataset
 from test_stage1_pipeline import TINY_CONFIG
 from test_stage1_units import image_bytes
+from test_stage2_on_stage1 import assert_step_equals_online
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -184,3 +185,9 @@ def test_inspect_shows_both_halves_verifies_the_pairing_and_decodes_at_512(ladde
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "no longer pair" in line]
     assert len(lines) == 2 and "1 of 2 stores" in lines[0], out  # the text section and the verify finding
+
+
+@pytest.mark.parametrize("dropout", [0.0, 1.0])
+def test_512_step_equals_torchtitans_online_step(ladder, tiny_assets, tmp_path, monkeypatch, dropout):
+    """Latents from the 512 px image dataset, text from the 256 px one: TorchTitan's online step at 512 px."""
+    assert_step_equals_online(ladder["tars"], ladder["image512"], tiny_assets, tmp_path, monkeypatch, dropout, img_size=512)

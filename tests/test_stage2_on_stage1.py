@@ -25,7 +25,7 @@ from shared.assets import write_sample_tars
 from shared.store import StoreReader
 from stage1_encode.config import load_config
 from stage1_encode.pipeline import Task, run_task
-from stage2_train.data import PrecomputedDataset, collate, load_empty_prompt, open_dataset
+from stage2_train.data import collate, load_empty_prompt, open_dataset, precomputed_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.step import step_seed
 from stage2_train.trainer import PrecomputedFluxTrainer
@@ -64,11 +64,16 @@ def _bare(cls: type, **attributes: object):
 
 @pytest.mark.parametrize("dropout", [0.0, 1.0])
 def test_one_step_equals_torchtitans_online_step(stage1, tiny_assets, tmp_path, monkeypatch, dropout):
-    tars, root = stage1
+    assert_step_equals_online(*stage1, tiny_assets, tmp_path, monkeypatch, dropout)
+
+
+def assert_step_equals_online(tars: Path, root: Path, tiny_assets: Path, tmp_path: Path, monkeypatch, dropout: float, img_size: int = 256) -> None:
+    """Stage 2's loss and gradients on a batch of ``root`` equal TorchTitan's online step on the raw samples."""
     config = parse_job_config(
-        *("--training.dataset_path", str(root), "--training.classifier_free_guidance_prob", str(dropout))
+        *("--training.dataset_path", str(root), "--training.classifier_free_guidance_prob", str(dropout)),
+        *("--training.img_size", str(img_size)),
     )
-    dataset = PrecomputedDataset(*open_dataset(config), "fail")
+    dataset = precomputed_dataset(*open_dataset(config), "fail")
     identity = dataset.identity
     raw = {key: sample for tar in sorted(tars.glob("*.tar")) for key, sample in tar_samples(tar).items()}
     readers = [StoreReader(path, identity, contract.array_specs(identity)) for path in dataset.stores]
@@ -82,7 +87,7 @@ def test_one_step_equals_torchtitans_online_step(stage1, tiny_assets, tmp_path, 
     for i in batch:
         sample = raw[str(meta[i]["key"])]
         caption = "" if dropout == 1.0 else sample["txt"].decode("utf-8")  # FluxDataset's dropout at p=0 / 1
-        images.append(online_image(sample["jpg"], meta[i]["crop_box"], monkeypatch))
+        images.append(online_image(sample["jpg"], meta[i]["crop_box"], monkeypatch, img_size))
         t5_tokens.append(t5_tok.encode(caption))
         clip_tokens.append(clip_tok.encode(caption))
 
