@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -27,7 +29,7 @@ from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage2_train.data import load_empty_prompt, precomputed_dataset
 from stage2_train.paired_data import PairedDataset
-from test_stage1_pipeline import TINY_CONFIG
+from test_stage1_pipeline import REPO, TINY_CONFIG
 from test_stage1_units import image_bytes
 from test_stage2_on_stage1 import assert_step_equals_online
 
@@ -191,3 +193,31 @@ def test_inspect_shows_both_halves_verifies_the_pairing_and_decodes_at_512(ladde
 def test_512_step_equals_torchtitans_online_step(ladder, tiny_assets, tmp_path, monkeypatch, dropout):
     """Latents from the 512 px image dataset, text from the 256 px one: TorchTitan's online step at 512 px."""
     assert_step_equals_online(ladder["tars"], ladder["image512"], tiny_assets, tmp_path, monkeypatch, dropout, img_size=512)
+
+
+def test_sbatch_trains_512_from_a_256_runs_weights(slurm_cluster, ladder, tmp_path):
+    """256 px run with a checkpoint, then a 512 px run on the --text-from dataset that starts from its model
+    weights (TorchTitan's initial load, model only): fresh optimizer and schedule, step 1 again."""
+    common = ("--training.steps", "3", "--training.local_batch_size", "2", "--checkpoint.enable", "--checkpoint.interval", "3")
+    runs = {}
+    for name, config, dataset, extra in (
+        ("256", REPO / "configs" / "flux_tiny.toml", ladder["text256"], ()),
+        ("512", REPO / "configs" / "flux_tiny_512.toml", ladder["image512"],
+         ("--checkpoint.initial_load_path", tmp_path / "run256" / "checkpoint" / "step-3")),
+    ):
+        job = slurm_cluster.submit(
+            REPO / "slurm" / "train.sbatch",
+            *("--job.config_file", config, "--training.dataset_path", dataset, "--job.dump_folder", tmp_path / f"run{name}"),
+            *common, *extra,
+            sbatch_opts=["--output", str(tmp_path / f"job{name}.out")],
+            env_extra={"NPROC_PER_NODE": "1"},
+            timeout=240,
+        )
+        runs[name] = job.log()
+        assert job.returncode == 0, runs[name][-6000:]
+    assert (tmp_path / "run256" / "checkpoint" / "step-3").is_dir() and (tmp_path / "run512" / "checkpoint" / "step-3").is_dir()
+    log = runs["512"]
+    assert f"Loading the checkpoint from {tmp_path / 'run256' / 'checkpoint' / 'step-3'}." in log
+    assert "8 samples in 2 stores" in log  # the 512 px image dataset, read with the 256 px dataset's text
+    losses = [float(m) for m in re.findall(r"step:\s+1\s+loss:\s+(\S+)", log)]
+    assert losses and all(math.isfinite(loss) for loss in losses)  # counting starts again at step 1
