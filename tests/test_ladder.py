@@ -24,13 +24,18 @@ from shared import asset_loading, contract, inspect_shards, pairing
 from shared.inspection.grid import grid_size
 from shared.assets.sample_data import shard_name
 from shared.pairing import PairingError
+from shared.preflight.table import FAIL, OK
+from stage1_encode import preflight as encode_preflight
 from stage1_encode.config import load_config
+from stage1_encode.preflight import main as encode_main
 from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage2_train.data import load_empty_prompt, precomputed_dataset
 from stage2_train.paired_data import PairedDataset
+from stage2_train.preflight import main as train_main
 from test_stage1_pipeline import REPO, TINY_CONFIG
 from test_stage1_units import image_bytes
+from test_preflight import table
 from test_stage2_on_stage1 import assert_step_equals_online
 
 pytest_plugins = ["fixtures_assets"]
@@ -221,3 +226,29 @@ def test_sbatch_trains_512_from_a_256_runs_weights(slurm_cluster, ladder, tmp_pa
     assert "8 samples in 2 stores" in log  # the 512 px image dataset, read with the 256 px dataset's text
     losses = [float(m) for m in re.findall(r"step:\s+1\s+loss:\s+(\S+)", log)]
     assert losses and all(math.isfinite(loss) for loss in losses)  # counting starts again at step 1
+
+
+def test_preflights_check_the_pairing_and_the_image_part_space(ladder, tiny_assets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(encode_preflight, "free_bytes", lambda path: 100 << 30)
+    args = ["--config", str(TINY_CONFIG), "--input", str(ladder["tars"]), "--assets", str(tiny_assets),
+            "--output", str(tmp_path / "new512"), "--image.size", "512"]
+    assert encode_main([*args, "--text-from", str(ladder["text256"])]) == 0
+    rows = table(capsys.readouterr().out)
+    assert rows["text dataset"] == (OK, f"{ladder['text256'].resolve()}: identity "
+                                        f"{contract.read_identity(ladder['text256']).digest()}, a store for each of 2 tars")
+    # Tiny float32 image part: 4 B x 2 x 16 x 64 x 64 / 1.4 compression = 366 KiB (no T5, no CLIP).
+    assert rows["output space"][0] == OK and rows["output space"][1].endswith("x 366 KiB"), rows["output space"]
+    assert encode_main([*args, "--text-from", str(ladder["image512"])]) == 1
+    assert table(capsys.readouterr().out)["text dataset"][0] == FAIL
+
+    moved = tmp_path / "moved"
+    shutil.copytree(ladder["image512"], moved / "image512")
+    record = json.loads((moved / "image512" / contract.DATASET_FILE).read_text())
+    record[pairing.RELPATH_KEY], record[pairing.PATH_KEY] = "../text256", str(tmp_path / "gone" / "text256")
+    (moved / "image512" / contract.DATASET_FILE).write_text(json.dumps(record))
+    train = ["--config", str(REPO / "configs" / "flux_tiny_512.toml"), "--output", str(tmp_path / "dump")]
+    assert train_main([*train, "--dataset", str(ladder["image512"])]) == 0
+    capsys.readouterr()
+    assert train_main([*train, "--dataset", str(moved / "image512")]) == 1
+    status, detail = table(capsys.readouterr().out)["dataset"]
+    assert status == FAIL and "not found" in detail and pairing.SEARCH_PATH_ENV in detail
