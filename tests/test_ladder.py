@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import math
 import re
@@ -30,12 +31,13 @@ from stage1_encode.config import load_config
 from stage1_encode.preflight import main as encode_main
 from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task
-from stage2_train.data import load_empty_prompt, precomputed_dataset
+from stage2_train.data import build_precomputed_dataloader, collate, load_empty_prompt, precomputed_dataset
 from stage2_train.paired_data import PairedDataset
 from stage2_train.preflight import main as train_main
 from test_stage1_pipeline import REPO, TINY_CONFIG
 from test_stage1_units import image_bytes
 from test_preflight import table
+from test_stage2_helpers import parse_job_config
 from test_stage2_on_stage1 import assert_step_equals_online
 
 pytest_plugins = ["fixtures_assets"]
@@ -201,12 +203,13 @@ def test_512_step_equals_torchtitans_online_step(ladder, tiny_assets, tmp_path, 
 
 
 def test_sbatch_trains_512_from_a_256_runs_weights(slurm_cluster, ladder, tmp_path):
-    """256 px run with a checkpoint, then a 512 px run on the --text-from dataset that starts from its model
-    weights (TorchTitan's initial load, model only): fresh optimizer and schedule, step 1 again."""
+    """256 px run whose last checkpoint is weights only (as configs/flux_schnell.toml saves it), then a 512 px
+    run on the --text-from dataset that starts from it (TorchTitan's initial load, model only): fresh
+    optimizer and schedule, step 1 again."""
     common = ("--training.steps", "3", "--training.local_batch_size", "2", "--checkpoint.enable", "--checkpoint.interval", "3")
     runs = {}
     for name, config, dataset, extra in (
-        ("256", REPO / "configs" / "flux_tiny.toml", ladder["text256"], ()),
+        ("256", REPO / "configs" / "flux_tiny.toml", ladder["text256"], ("--checkpoint.last_save_model_only",)),
         ("512", REPO / "configs" / "flux_tiny_512.toml", ladder["image512"],
          ("--checkpoint.initial_load_path", tmp_path / "run256" / "checkpoint" / "step-3")),
     ):
@@ -252,3 +255,29 @@ def test_preflights_check_the_pairing_and_the_image_part_space(ladder, tiny_asse
     assert train_main([*train, "--dataset", str(moved / "image512")]) == 1
     status, detail = table(capsys.readouterr().out)["dataset"]
     assert status == FAIL and "not found" in detail and pairing.SEARCH_PATH_ENV in detail
+
+
+def test_paired_loader_is_disjoint_per_rank_and_resumes(ladder):
+    """The sampler's guarantees carry over: indices are the image dataset's, text is fetched per sample."""
+    config = parse_job_config(
+        *("--training.dataset_path", str(ladder["image512"]), "--training.img_size", "512"),
+        *("--training.local_batch_size", "2", "--training.dataloader.num_workers", "1"),
+    )
+    full = precomputed_dataset(ladder["full512"], contract.read_identity(ladder["full512"]), "fail")
+    first_epoch = []
+    for rank in range(2):
+        loader = build_precomputed_dataloader(2, rank, config)
+        stream = iter(loader)
+        seen = [next(stream) for _ in range(3)]  # 2 batches per epoch: crosses into epoch 1
+        state = loader.state_dict()
+        expected = [next(stream) for _ in range(2)]
+        resumed = build_precomputed_dataloader(2, rank, config)
+        resumed.load_state_dict(state)
+        for (want_inputs, want_labels), (got_inputs, got_labels) in zip(expected, itertools.islice(iter(resumed), 2)):
+            assert torch.equal(want_labels, got_labels) and all(torch.equal(want_inputs[k], got_inputs[k]) for k in want_inputs)
+        for inputs, labels in seen:
+            reference, _ = collate([full[i] for i in labels.tolist()])
+            for name in contract.TENSORS:
+                torch.testing.assert_close(inputs[name], reference[name], rtol=1e-5, atol=1e-6)
+        first_epoch.append({i for _, labels in seen[:2] for i in labels.tolist()})
+    assert not first_epoch[0] & first_epoch[1] and len(first_epoch[0] | first_epoch[1]) == 8
