@@ -14,7 +14,6 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import zarr
