@@ -19,6 +19,8 @@ import torch
 import zarr
 
 from PIL import Image
+from torchtitan.components.loss import build_mse_loss
+from torchtitan.models.flux import FluxModel
 
 from shared import asset_loading, contract, inspect_shards, pairing
 from shared.inspection.grid import grid_size
@@ -26,12 +28,17 @@ from shared.assets.sample_data import shard_name
 from shared.pairing import PairingError
 from shared.preflight.table import FAIL, OK
 from stage1_encode import preflight as encode_preflight
+from stage1_encode import prompts as prompt_cli
 from stage1_encode.config import load_config
 from stage1_encode.preflight import main as encode_main
 from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage2_train.data import build_precomputed_dataloader, collate, load_empty_prompt, precomputed_dataset
+from stage2_train.flavors import FLAVORS
+from stage2_train.images import ImageSampler
 from stage2_train.paired_data import PairedDataset
+from stage2_train.prompt_set import load_prompt_set
+from stage2_train.validation_loss import ValidationLoss
 from stage2_train.preflight import main as train_main
 from test_stage1_pipeline import REPO, TINY_CONFIG
 from test_stage1_units import image_bytes
@@ -280,3 +287,36 @@ def test_paired_loader_is_disjoint_per_rank_and_resumes(ladder):
                 torch.testing.assert_close(inputs[name], reference[name], rtol=1e-5, atol=1e-6)
         first_epoch.append({i for _, labels in seen[:2] for i in labels.tolist()})
     assert not first_epoch[0] & first_epoch[1] and len(first_epoch[0] | first_epoch[1]) == 8
+
+
+def test_validation_loss_and_sample_images_at_512(ladder, tiny_assets, tmp_path):
+    """Validation reads a --text-from dataset as it reads a full one; sample images come out at 512 px
+    from a prompt set (text only, resolution-free) made with the same assets."""
+    config = parse_job_config(
+        *("--training.dataset_path", str(ladder["image512"]), "--training.img_size", "512"),
+        *("--validation.local_batch_size", "4", "--job.dump_folder", str(tmp_path / "run")),
+    )
+    torch.manual_seed(0)
+    model = FluxModel(FLAVORS["flux-tiny"])
+    model.init_weights()
+    model.eval()
+    ae = FLAVORS["flux-tiny"].autoencoder_params
+    paired, full = (
+        ValidationLoss(precomputed_dataset(root, contract.read_identity(root), "fail"), config, 0, 1)(
+            model, ae, torch.device("cpu"), build_mse_loss(config)
+        )
+        for root in (ladder["image512"], ladder["full512"])
+    )
+    assert paired == pytest.approx(full, rel=1e-5)
+
+    (tmp_path / "prompts.txt").write_text("a red fox in the snow\na blue car\n")
+    assert prompt_cli.main([
+        *("--prompts", str(tmp_path / "prompts.txt"), "--output", str(tmp_path / "prompts")),
+        *("--assets", str(tiny_assets), "--config", str(TINY_CONFIG)),
+    ]) == 0
+    identity = contract.read_identity(ladder["image512"])
+    sampler = ImageSampler(load_prompt_set(tmp_path / "prompts", identity, -1), ladder["image512"], identity, config)
+    latents = sampler.sample(model, torch.device("cpu"))
+    assert latents.shape == (2, identity.latent_channels, 64, 64)
+    path, grid = sampler.write(latents, 1)
+    assert path.is_file() and grid.size == grid_size(2, 512)
