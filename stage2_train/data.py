@@ -21,7 +21,7 @@ from torchtitan.config import JobConfig
 from torchtitan.config.job_config import DataLoader as DataLoaderConfig
 from torchtitan.tools.logging import logger
 
-from shared import contract, torch_storage
+from shared import contract, pairing, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
 from stage2_train.dataset_extent import check_dataset_extent
@@ -40,11 +40,14 @@ class PrecomputedDataset(Dataset):
     """Map-style view of all committed stores: global index -> that sample's tensors (or ``None`` when
     it is unreadable and ``on_corrupt`` is "skip"). Stores are opened lazily, once per process."""
 
+    reads = TENSORS
+    """The arrays read of a sample from this dataset's own store."""
+
     def __init__(self, root: str | Path, identity: Identity, on_corrupt: str) -> None:
         self.root = Path(root)
         self.identity = identity
         self.on_corrupt = on_corrupt
-        self.specs = {name: contract.array_specs(identity)[name] for name in TENSORS}
+        self.specs = {name: contract.array_specs(identity)[name] for name in self.reads}
         self.stores: list[Path] = []
         counts: list[int] = []
         for path in contract.committed_store_paths(root):
@@ -90,7 +93,7 @@ class PrecomputedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         store, local = self.locate(index)
         try:
-            arrays = self._reader(store).read(local, TENSORS)
+            arrays = self.read(store, local)
         except ContractError as exc:
             self._corrupt(exc)
             return None
@@ -100,6 +103,10 @@ class PrecomputedDataset(Dataset):
         sample: dict[str, Any] = {n: torch_storage.from_storage(a, self.identity.storage_dtype) for n, a in arrays.items()}
         sample["index"] = index
         return sample
+
+    def read(self, store: int, local: int) -> dict[str, np.ndarray]:
+        """The stored ``TENSORS`` of one sample."""
+        return self._reader(store).read(local, TENSORS)
 
     def _reader(self, store: int) -> StoreReader:
         if store not in self._readers:
@@ -122,10 +129,23 @@ def collate(samples: list[dict[str, Any] | None]) -> Batch:
 
 
 def load_empty_prompt(root: str | Path, identity: Identity) -> dict[str, torch.Tensor]:
-    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders."""
+    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders (an
+    image dataset's are its text dataset's)."""
+    if not identity.stores_text:
+        root = pairing.locate_text_dataset(root)
+        identity = contract.read_identity(root)
     specs = contract.empty_prompt_specs(identity)
     arrays = StoreReader(Path(root) / contract.EMPTY_PROMPT_STORE, identity, specs).read(0)
     return {name: torch_storage.from_storage(a, identity.storage_dtype) for name, a in arrays.items()}
+
+
+def precomputed_dataset(root: str | Path, identity: Identity, on_corrupt: str) -> PrecomputedDataset:
+    """The dataset at ``root``: its own stores, or (the resolution ladder) image stores paired with a text dataset."""
+    if identity.stores_text:
+        return PrecomputedDataset(root, identity, on_corrupt)
+    from stage2_train.paired_data import PairedDataset  # it extends PrecomputedDataset: imported here, not above
+
+    return PairedDataset(root, identity, on_corrupt)
 
 
 def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:
@@ -145,7 +165,7 @@ def build_precomputed_dataloader(
     del tokenizer  # prompts are already encoded
     root, identity = open_dataset(job_config)
     check_dataset_extent(job_config)
-    dataset = PrecomputedDataset(root, identity, job_config.stage2.on_corrupt)
+    dataset = precomputed_dataset(root, identity, job_config.stage2.on_corrupt)
     sampler = EpochBatchSampler(
         len(dataset), job_config.training.local_batch_size, dp_rank, dp_world_size, job_config.stage2.seed
     )

@@ -20,7 +20,7 @@ import torch
 from torchtitan.config import ConfigManager, JobConfig
 from torchtitan.models.flux.model.args import FluxModelArgs
 
-from shared import contract
+from shared import contract, pairing
 from shared.assets.hub import free_bytes
 from shared.contract import ContractError
 from shared.preflight import storage, system
@@ -111,6 +111,11 @@ def train_identity_row(dataset: Path, job_config: JobConfig, flavor: FluxModelAr
     differences = identity_differences(identity, flavor, job_config)
     if differences:
         return Row("dataset", FAIL, f"{dataset} does not fit {job_config.model.flavor}: {'; '.join(differences)}")
+    if not identity.stores_text:  # an image dataset of the resolution ladder: its text dataset, unchanged
+        try:
+            pairing.check_stores(dataset, pairing.TextDataset.of(dataset))
+        except (ContractError, OSError, ValueError) as e:
+            return Row("dataset", FAIL, str(e))
     stores = len(contract.committed_store_paths(dataset))
     if not stores:
         return Row("dataset", FAIL, f"{dataset}: identity fits, but no committed stores to train on")

@@ -29,7 +29,7 @@ from torchtitan.models.flux.train import FluxTrainer
 
 from shared import contract
 from shared.store import StoreReader
-from stage2_train.data import PrecomputedDataset, collate, load_empty_prompt, open_dataset
+from stage2_train.data import PrecomputedDataset, collate, load_empty_prompt, open_dataset, precomputed_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.step import step_generator, step_seed
 from stage2_train.trainer import PrecomputedFluxTrainer
@@ -68,8 +68,9 @@ def _same_preprocessing(jpg: bytes) -> bool:
 
 def comparable_samples(tars: Path, root: Path) -> tuple[PrecomputedDataset, dict, list[dict], list[int]]:
     """(dataset, raw samples by key, per-sample key and crop box, indices both paths decode alike)."""
-    config = parse_job_config("--training.dataset_path", str(root))
-    dataset = PrecomputedDataset(*open_dataset(config), "fail")
+    identity = contract.read_identity(root)
+    config = parse_job_config("--training.dataset_path", str(root), "--training.img_size", str(identity.image_size))
+    dataset = precomputed_dataset(*open_dataset(config), "fail")  # a ladder dataset reads its text half too
     raw = {key: sample for tar in sorted(tars.glob("*.tar")) for key, sample in tar_samples(tar).items()}
     specs = contract.array_specs(dataset.identity)
     readers = [StoreReader(path, dataset.identity, specs) for path in dataset.stores]
@@ -141,14 +142,17 @@ def compare_step(
     rank: int = 0,
     parallel_dims: ParallelDims | None = None,
     corrupt: str | None = None,
+    img_size: int = 256,
 ) -> Comparison:
     """Stage 2's step on dataset samples ``batch`` (from ``root``, this rank's share) and the online step on
     the raw samples they came from, with prompt dropout at ``DROPOUT`` applied as each does it: stored
     empty-prompt encodings (ours), captions replaced by "" before tokenizing (TorchTitan's dataset).
-    A bfloat16 dataset is compared with the online encoders' outputs rounded to bfloat16."""
+    A bfloat16 dataset is compared with the online encoders' outputs rounded to bfloat16; ``img_size`` is
+    the online trainer's (and the dataset's) image side."""
     dims = parallel_dims or ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
     config = parse_job_config(
-        *("--training.dataset_path", str(root), "--training.classifier_free_guidance_prob", str(DROPOUT))
+        *("--training.dataset_path", str(root), "--training.classifier_free_guidance_prob", str(DROPOUT)),
+        *("--training.img_size", str(img_size)),
     )
     dataset, raw, meta, _ = comparable_samples(tars, root)
     our_inputs, our_labels = collate([dataset[i] for i in batch])
@@ -161,7 +165,7 @@ def compare_step(
     for j, i in enumerate(batch):
         sample = raw[str(meta[i]["key"])]
         caption = sample["txt"].decode("utf-8") + (" and more" if corrupt == "caption" else "")
-        images.append(online_image(sample["jpg"], meta[i]["crop_box"], pytest.MonkeyPatch))
+        images.append(online_image(sample["jpg"], meta[i]["crop_box"], pytest.MonkeyPatch, img_size))
         t5_tokens.append(t5_tok.encode("" if t5_dropped[j] else caption))
         clip_tokens.append(clip_tok.encode("" if clip_dropped[j] else caption))
 
