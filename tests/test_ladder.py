@@ -235,7 +235,7 @@ def test_sbatch_trains_512_from_a_256_runs_weights(slurm_cluster, ladder, tmp_pa
     assert (tmp_path / "run256" / "checkpoint" / "step-3").is_dir() and (tmp_path / "run512" / "checkpoint" / "step-3").is_dir()
     log = runs["512"]
     assert f"Loading the checkpoint from {tmp_path / 'run256' / 'checkpoint' / 'step-3'}." in log
-    assert "8 samples in 2 stores" in log  # the 512 px image dataset, read with the 256 px dataset's text
+    assert "8 samples in 2 committed stores" in log  # the 512 px image dataset, read with the 256 px dataset's text
     losses = [float(m) for m in re.findall(r"step:\s+1\s+loss:\s+(\S+)", log)]
     assert losses and all(math.isfinite(loss) for loss in losses)  # counting starts again at step 1
 
