@@ -125,7 +125,9 @@ class StoreWriter:
                 raise ContractError(f"{name}: non-finite values in samples {start}..{stop - 1} of {self.source}")
             contract.checksum_update(self._hashers[name], block)
 
-    def commit(self, skipped: dict[str, int], truncated_at_byte: int | None = None) -> StoreAttrs:
+    def commit(
+        self, skipped: dict[str, int], truncated_at_byte: int | None = None, text_store: dict[str, str] | None = None
+    ) -> StoreAttrs:
         """Flush, verify, fsync and rename into place.
 
         The checksums were taken from the very blocks handed to zarr, so the commit check is
@@ -152,6 +154,7 @@ class StoreWriter:
             written_by={**self.written_by, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
             source_fingerprint=self.source_fingerprint,
             truncated_at_byte=truncated_at_byte,
+            text_store=text_store or {},
         )
         self._group.attrs.put(attrs.to_dict())
         problems = verify_store(self.tmp_path, self.identity, self.specs, attrs, deep=False)

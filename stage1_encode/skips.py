@@ -27,6 +27,8 @@ class SkipReason(StrEnum):
     """Shorter side below ``image.size`` (TorchTitan rejects such images)."""
     TOO_LARGE = "too_large"
     """More than ``image.max_pixels`` (a decompression bomb, or just too big to decode safely)."""
+    NOT_IN_TEXT_DATASET = "not_in_text_dataset"
+    """``--text-from``: the text dataset skipped this key (its filters differ), so it has no text here."""
 
 
 @dataclass(frozen=True)

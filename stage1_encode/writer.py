@@ -67,6 +67,8 @@ class Append:
 class Commit:
     skipped: dict[str, int]
     truncated_at_byte: int | None
+    text_store: dict[str, str]
+    """An image dataset's store: its text store (``StoreAttrs.text_store``); empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,10 @@ class WriterProcess:
             self._copied = torch.cuda.Event()
             self._copied.record()
 
-    def commit(self, skipped: dict[str, int], truncated_at_byte: int | None = None) -> None:
-        self._post(Commit(skipped, truncated_at_byte))
+    def commit(
+        self, skipped: dict[str, int], truncated_at_byte: int | None = None, text_store: dict[str, str] | None = None
+    ) -> None:
+        self._post(Commit(skipped, truncated_at_byte, text_store or {}))
 
     def hand_over_copied(self) -> None:
         """Send what waited for a device-to-host copy that has finished meanwhile (never waits)."""
@@ -327,9 +331,9 @@ def _serve(
         errno = exc.errno if isinstance(exc, OSError) else None
         send(Failed(errno, getattr(exc, "strerror", None), "".join(traceback.format_exception(exc))))
 
-    def commit(writer: StoreWriter, skipped: dict[str, int], truncated_at_byte: int | None) -> None:
+    def commit(writer: StoreWriter, skipped: dict[str, int], truncated_at_byte: int | None, text_store: dict[str, str]) -> None:
         try:
-            attrs = writer.commit(skipped, truncated_at_byte)
+            attrs = writer.commit(skipped, truncated_at_byte, text_store)
         except BaseException as exc:
             writer.abort()
             fail(exc)
@@ -358,8 +362,8 @@ def _serve(
                     batch = {name: view[:n].copy() for name, view in buffers[index].views.items()}
                     send(Freed(index))
                     store.append(batch | meta)
-                case Commit(skipped, truncated_at_byte):
-                    commits.append(committer.submit(commit, store, skipped, truncated_at_byte))
+                case Commit(skipped, truncated_at_byte, text_store):
+                    commits.append(committer.submit(commit, store, skipped, truncated_at_byte, text_store))
                     store = None
         except BaseException as exc:
             if store is not None:

@@ -1,8 +1,10 @@
 """Start TorchTitan's training main with Stage 2's trainer, on CPU/gloo when there is no GPU.
 
-After a clean run the process exits hard: with gloo, about 1 run in 10 otherwise aborts during
-interpreter finalisation (SIGABRT from a gloo worker thread, a known upstream issue) after training
-has finished, and torchrun would report the job as failed.
+The process always exits hard, with 0 or the failure's status: with gloo, about 1 clean run in 10
+otherwise aborts during interpreter finalisation (SIGABRT from a gloo worker thread, a known upstream
+issue) and torchrun would report it failed; after a failure, multiprocessing's exit hook would wait
+forever for DataLoader workers, which ignore SIGTERM (see ``stop_request.ignore_sigterm``).
+Bad data (a corrupt chunk, another model's dataset) ends the run with one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import gc
 import logging
 import os
 import sys
+import traceback
 
 import torchtitan.train
+from torchtitan.train import Trainer
 
 import stage2_train.train_spec  # noqa: F401  (registers the TrainSpec)
 from shared.contract import ContractError
@@ -25,21 +29,32 @@ def main() -> None:
     if cli_help.printed_help(sys.argv[1:]):
         return
     log_filter.install()
+    run_trainer(PrecomputedFluxTrainer)
+
+
+def run_trainer(trainer_cls: type[Trainer]) -> None:
+    """TorchTitan's main with ``trainer_cls`` (the benchmark runs the stock trainer through it too)."""
     use_cpu_if_no_cuda()
+    status = 0
     try:
-        torchtitan.train.main(PrecomputedFluxTrainer)  # raises on failure: the normal exit reports it
-    except ContractError as exc:  # bad data (a corrupt chunk, another model's dataset): one line, no traceback
+        torchtitan.train.main(trainer_cls)
+    except SystemExit as exc:  # TorchTitan's config parser, with its own message
+        status = exc.code if isinstance(exc.code, int) else 1
+    except ContractError as exc:
         print(
-            f"stage2_train: error: {_own_message(exc)} (--stage2.on_corrupt skip leaves unreadable samples out and counts them; "
-            f"python -m shared.inspect_shards DATASET --verify names every damaged store)",
+            f"stage2_train: error: {_own_message(exc)} (--stage2.on_corrupt skip leaves unreadable samples out and "
+            f"counts them; python -m shared.inspect_shards DATASET --verify names every damaged store)",
             file=sys.stderr, flush=True,
         )
-        os._exit(1)
+        status = 1
+    except Exception:
+        traceback.print_exc()
+        status = 1
     gc.collect()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def _own_message(exc: ContractError) -> str:
