@@ -17,7 +17,7 @@ class SkipReason(StrEnum):
     MISSING_CAPTION = "missing_caption"
     CAPTION_NOT_UTF8 = "caption_not_utf8"
     EMPTY_CAPTION = "empty_caption"
-    """Empty or whitespace only."""
+    """Nothing printable: empty, whitespace or control characters only."""
     MISSING_IMAGE = "missing_image"
     EMPTY_IMAGE = "empty_image"
     UNDECODABLE_IMAGE = "undecodable_image"
@@ -25,6 +25,14 @@ class SkipReason(StrEnum):
     """Shorter side below ``image.size`` (TorchTitan rejects such images)."""
     TOO_LARGE = "too_large"
     """More than ``image.max_pixels`` (a decompression bomb, or just too big to decode safely)."""
+    SEVERAL_IMAGES = "several_images"
+    """More than one image member for one key: which one the caption describes is unknown."""
+    LINK_MEMBER = "link_member"
+    """A member of the sample is a symbolic or hard link: its bytes are not in the tar."""
+    UNSAFE_NAME = "unsafe_name"
+    """An absolute member name or one with a ``..`` component (a path-traversal attempt)."""
+    COMPRESSED_TAR = "compressed_tar"
+    """The tar is gzip/bzip2/xz/zstd-compressed; CC12M's are plain (counted once, for the tar)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ HF_TOKEN_CANARY = "hf_reliabilityCanary7Qz3xW9"
 
 _TALLY_KEY = pytest.StashKey["Tally"]()
 _ORDER = ("stage1 kill trials", "stage1 slurm trials", "stage1 same-tar races", "stage1 full-disk trials",
-          "stage2 kill trials", "stage2 corrupt-store trials", "bad-input kinds", "security checks")
+          "stage2 kill trials", "stage2 corrupt-store trials", "bad-input kinds", "valid controls",
+          "security checks")
 
 
 class Tally:
