@@ -1,8 +1,9 @@
 """Reliability suite: shared tally of trials/kinds and the one summary line printed at the end.
 
 Tests record what they tried through the ``tally`` fixture; ``pytest_terminal_summary`` prints e.g.
-``reliability: stage1 kill trials 20/20 ok, ..., failures 0``. A trial counts as ok only once every
-assertion about it passed, so a failing test shows up both as a failure and as a missing ok.
+``reliability: stage1 kill trials 4/4 ok, ..., bad-input kinds 24/24 ok, valid controls 21/21 ok, ...,
+failures 0``. A trial counts as ok only once every assertion about it passed, so a failing test shows
+up both as a failure and as a missing ok.
 """
 
 from __future__ import annotations

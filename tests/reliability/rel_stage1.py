@@ -1,5 +1,6 @@
 """Stage 1 helpers for the reliability suite (no tests here): one tiny tar set, the clean reference run
-and the checks every fault-injection trial ends with. Builds on tests/test_stage1_pipeline.py."""
+the checks every fault-injection trial ends with, and how to find the task's processes and the stage of
+its temporary store. Builds on tests/test_stage1_pipeline.py."""
 
 from __future__ import annotations
 

@@ -195,7 +195,6 @@ def test_slurm_fault_mid_run_then_same_result(fault, slurm_cluster, reference, t
     check_equals_reference(dataset, reference)
     if fault == "requeue":
         text = result.logs()
-        print(text)
         assert "terminated by signal" in text, text
     tally.passed("stage1 slurm trials")
 

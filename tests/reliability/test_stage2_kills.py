@@ -1,6 +1,7 @@
-"""Stage 2 fault injection: SIGKILL at random steps, resubmit, and the resumed run continues from the
-last complete checkpoint with exactly the uninterrupted run's samples and losses; a store damaged on
-disk stops training with the store named, or is skipped when configured, and is never trained on."""
+"""Stage 2 fault injection: SIGKILL at random steps and once during a checkpoint save, resubmit, and the
+resumed run continues from the last complete checkpoint with exactly the uninterrupted run's samples and
+losses; a store damaged on disk stops training with the store named, or is skipped when configured, and
+is never trained on."""
 
 from __future__ import annotations
 
