@@ -7,8 +7,8 @@ a key seen before in the same tar is a ``duplicate_key``; a sample with a link m
 or an absolute or ``..`` name (``unsafe_name``) is skipped whole (nothing is ever extracted to disk, so
 no name can reach outside the output directory); a compressed tar is one ``compressed_tar`` skip; a tar
 that breaks or ends before its end-of-archive marker yields the samples before the break, then a
-``truncated_tar`` skip. Errors of the
-file system itself (EIO, …) are raised: that is the cluster's problem, and a rerun must retry the tar.
+``truncated_tar`` skip. Errors of the file system itself (EIO, …) are raised: that is the cluster's
+problem, and a rerun must retry the tar.
 """
 
 from __future__ import annotations
