@@ -34,18 +34,21 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
-def context() -> dict[str, Any]:
+def context(device: str | None = None) -> dict[str, Any]:
+    """``device`` names it where asking CUDA would put a context in this process (the Stage 2 bench)."""
     return {
-        "device": device_name(),
+        "device": device or device_name(),
         "torch": torch.__version__,
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
-def emit(benchmark: str, figure: str, value: float | int | str | None, unit: str, out: TextIO = sys.stdout, **extra: Any) -> dict[str, Any]:
+def emit(
+    benchmark: str, figure: str, value: float | int | str | None, unit: str, out: TextIO = sys.stdout, device: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """Print one figure as one JSON line (flushed, so a killed run keeps what it measured)."""
-    record = {"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, **extra, **context()}
+    record = {"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, **extra, **context(device)}
     out.write(json.dumps(record) + "\n")
     out.flush()
     return record

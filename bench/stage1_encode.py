@@ -101,14 +101,15 @@ def build_encoders(models: str, tokenizer_hashes: dict, device: torch.device, dt
     )
 
 
-def write_tars(out: Path, valid_samples: int, per_tar: int, seed: int = 0) -> list[Path]:
-    """Enough CC12M-style tars of ``per_tar`` samples for ``valid_samples`` kept ones, generated in parallel."""
+def write_tars(out: Path, valid_samples: int, per_tar: int, seed: int = 0, scale: int = 1) -> list[Path]:
+    """Enough CC12M-style tars of ``per_tar`` samples for ``valid_samples`` kept ones, generated in parallel
+    (``scale``: image sides times this, for encodes above 256 px)."""
     total = math.ceil(valid_samples / VALID_FRACTION)
     sizes = [min(per_tar, total - start) for start in range(0, total, per_tar)]
     out.mkdir(parents=True)
     with ProcessPoolExecutor(max(1, min(len(sizes), (os.cpu_count() or 2) - 1))) as pool:
         parts = list(pool.map(_write_one_tar, [out / f"part-{i}" for i in range(len(sizes))], sizes,
-                              [seed + i for i in range(len(sizes))]))
+                              [seed + i for i in range(len(sizes))], [scale] * len(sizes)))
     paths = []
     for i, part in enumerate(parts):  # each part is a one-tar directory named cc12m-train-0000.tar
         paths.append(part.rename(out / f"cc12m-train-{i:04d}.tar"))
@@ -116,8 +117,8 @@ def write_tars(out: Path, valid_samples: int, per_tar: int, seed: int = 0) -> li
     return paths
 
 
-def _write_one_tar(directory: Path, samples: int, seed: int) -> Path:
-    return write_sample_tars(directory, shards=1, per_shard=samples, seed=seed)[0]
+def _write_one_tar(directory: Path, samples: int, seed: int, scale: int = 1) -> Path:
+    return write_sample_tars(directory, shards=1, per_shard=samples, seed=seed, scale=scale)[0]
 
 
 def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_size: int) -> dict[str, float]:

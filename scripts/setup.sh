@@ -3,14 +3,18 @@
 # everything is already there:
 #   1. Slurm + munge packages for the local test cluster (scripts/local_slurm.sh install)
 #   2. .venv with python3 >= 3.11
-#   3. torch==2.13.0 first: a CPU wheel on local disk; an unpinned torch would fetch a multi-GB CUDA build
-#   4. the project, editable, with its test extras
+#   3. torch, the CPU build, at the lock's version: from the PyTorch CPU wheel index when it is reachable,
+#      otherwise from the configured index (PyPI) by name, which is the CPU build only where that index
+#      serves one (this project's CPU machines: a local wheel); on plain PyPI that is the CUDA build
+#   4. the project, editable, with its test extras, every package pinned by requirements/lock-cpu.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { echo "setup: $*"; }
 die() { echo "setup: $*" >&2; exit 1; }
-TORCH=torch==2.13.0
+LOCK=requirements/lock-cpu.txt   # refresh: bash scripts/lock.sh
+TORCH=$(grep -E '^torch==' "$LOCK") || die "$LOCK pins no torch"
+CPU_INDEX=https://download.pytorch.org/whl/cpu
 STAMP=.venv/.setup-done   # holds the hash of what was installed last time
 
 step "Slurm + munge"
@@ -32,18 +36,24 @@ if ! .venv/bin/python -c '' 2>/dev/null; then
 fi
 
 # Skip pip entirely when nothing changed since the last successful run (pip's resolver takes a while).
-want=$(cat pyproject.toml <(echo "$TORCH") | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml "$LOCK" | sha256sum | cut -d' ' -f1)
 if [[ -f $STAMP && $(<"$STAMP") == "$want" ]] &&
     .venv/bin/python -c 'import importlib.metadata as m; m.version("flux-encode-once")' 2>/dev/null; then
     step "project already installed in .venv"
     exit 0
 fi
 
-step "$TORCH (CPU wheel)"
-.venv/bin/python -m pip install -qq "$TORCH"
+if .venv/bin/python -c "import urllib.request as u; u.urlopen('$CPU_INDEX/torch/', timeout=5)" 2>/dev/null; then
+    step "$TORCH from the PyTorch CPU wheel index ($CPU_INDEX)"
+    .venv/bin/python -m pip install -qq --no-deps --index-url "$CPU_INDEX" "$TORCH"
+else
+    step "$TORCH from the configured index (PyPI): $CPU_INDEX is not reachable from here"
+    .venv/bin/python -m pip install -qq -c "$LOCK" "$TORCH"
+fi
+.venv/bin/python -W ignore -c 'import torch; print("setup: installed torch", torch.__version__, "CUDA build:", torch.version.cuda)'
 
-step "project + test extras (pip install -e '.[test]')"
-# Re-pinning torch keeps pip from swapping it for another build while resolving the project's deps.
-.venv/bin/python -m pip install -qq -e '.[test]' "$TORCH"
+step "project + test extras (pip install -c $LOCK -e '.[test]')"
+# The constraints pin torch too, so pip keeps the build installed above while resolving the rest.
+.venv/bin/python -m pip install -qq -c "$LOCK" -e '.[test]'
 echo "$want" >"$STAMP"
 step "done: run the tests with 'bash scripts/test.sh'"

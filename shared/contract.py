@@ -22,6 +22,13 @@ images from while it trains without the text encoders::
 
 It fits a dataset whose text encoders, tokenizers and T5 length are its own (``text_encoder_differences``).
 
+An *image dataset* (Stage 1 ``--text-from TEXT``, the resolution ladder) has the same layout but no
+``empty_prompt.zarr`` and no ``t5``/``clip`` arrays: each store holds the image arrays plus
+``text_index``, the row of the same-named store of the text dataset that holds the sample's text
+encodings (same key). ``Identity.text_dataset`` is the text dataset's identity digest; where to find it
+is recorded beside the identity (``shared.pairing``), and each store records the text store's key
+checksum (``StoreAttrs.text_store``), so a text dataset deleted or rewritten underneath is detected.
+
 Each store holds arrays whose first axis is the sample (``array_specs``). Tensors are stored as
 ``uint16`` views of bfloat16 (zarr has no bfloat16) or as float32 (exact tests), chunk = 1 sample,
 grouped into Zarr shards of ``samples_per_shard`` samples so a parallel filesystem sees few large
@@ -66,8 +73,12 @@ STORAGE_DTYPES = ("bfloat16", "float32")
 T5, CLIP, AE_MEAN, AE_LOGVAR = "t5", "clip", "ae_mean", "ae_logvar"
 KEY, CAPTION, ORIGINAL_SIZE, CROP_BOX = "key", "caption", "original_size", "crop_box"
 PROMPT = "prompt"
+TEXT_INDEX = "text_index"
 TENSORS = (T5, CLIP, AE_MEAN, AE_LOGVAR)
 """The per-sample tensors, which are all a training step reads of a sample."""
+TEXT_TENSORS = (T5, CLIP)
+"""What an image dataset reads from its text dataset."""
+IMAGE_TENSORS = (AE_MEAN, AE_LOGVAR)
 
 
 class ContractError(RuntimeError):
@@ -95,6 +106,9 @@ class Identity:
     """Image policy: min side, crop policy, resampling, palette handling, JPEG draft mode."""
     code_version: str
     schema_version: int = SCHEMA_VERSION
+    text_dataset: str | None = None
+    """Identity digest of the text dataset an image dataset pairs with; ``None``: the text is stored here.
+    Text fields above (T5 length, widths, text encoders) are that dataset's."""
 
     def __post_init__(self) -> None:
         # JSON has no tuples: normalise so an identity equals itself after a round trip.
@@ -124,8 +138,16 @@ class Identity:
     def ae_shift_factor(self) -> float:
         return float(self.ae_params["shift_factor"])
 
+    @property
+    def stores_text(self) -> bool:
+        """Whether this dataset's stores hold ``t5``/``clip`` (else they live in ``text_dataset``)."""
+        return self.text_dataset is None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.text_dataset is None:  # a dataset that stores its text keeps the digest it always had
+            del data["text_dataset"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Identity":
@@ -145,7 +167,7 @@ class Identity:
 
     def differences(self, other: "Identity") -> list[str]:
         """Human-readable list of fields that differ, for refusal messages."""
-        mine, theirs = self.to_dict(), other.to_dict()
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
 
 
@@ -168,9 +190,10 @@ def array_specs(identity: Identity) -> dict[str, ArraySpec]:
     def tensor(name: str, shape: tuple[int, ...]) -> ArraySpec:
         return ArraySpec(name, shape, stored, identity.storage_dtype, is_tensor=True)
 
+    text = [tensor(T5, (identity.t5_max_length, identity.t5_dim)), tensor(CLIP, (identity.clip_dim,))]
+    paired = [ArraySpec(TEXT_INDEX, (), "int64", "int64")]
     specs = [
-        tensor(T5, (identity.t5_max_length, identity.t5_dim)),
-        tensor(CLIP, (identity.clip_dim,)),
+        *(text if identity.stores_text else paired),
         tensor(AE_MEAN, latent),
         tensor(AE_LOGVAR, latent),
         ArraySpec(KEY, (), "str", "str"),
@@ -181,10 +204,19 @@ def array_specs(identity: Identity) -> dict[str, ArraySpec]:
     return {s.name: s for s in specs}
 
 
+def text_specs(identity: Identity) -> dict[str, ArraySpec]:
+    """``t5`` and ``clip`` as stored under ``identity`` (or under its text dataset's, which has the same
+    text fields and storage dtype)."""
+    stored = "uint16" if identity.storage_dtype == "bfloat16" else "float32"
+    return {
+        T5: ArraySpec(T5, (identity.t5_max_length, identity.t5_dim), stored, identity.storage_dtype, is_tensor=True),
+        CLIP: ArraySpec(CLIP, (identity.clip_dim,), stored, identity.storage_dtype, is_tensor=True),
+    }
+
+
 def empty_prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
     """The empty caption's encodings: same tensors as a store's ``t5``/``clip``, one sample."""
-    specs = array_specs(identity)
-    return {name: specs[name] for name in (T5, CLIP)}
+    return text_specs(identity)
 
 
 def prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
@@ -228,6 +260,7 @@ ARRAY_DOCS = {
     ORIGINAL_SIZE: "decoded image (width, height) before resizing",
     CROP_BOX: "(left, top, right, bottom) of the square crop in the resized image",
     PROMPT: "prompt text, one line of the prompts file",
+    TEXT_INDEX: "row of the same-named store of the text dataset holding this key's t5/clip",
 }
 
 
@@ -248,9 +281,15 @@ class StoreAttrs:
     raw_bytes: int = 0
     written_by: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    text_store: dict[str, str] = field(default_factory=dict)
+    """An image dataset's store: the text store it pairs with, ``{"name", "key_checksum"}`` (the text
+    store's ``checksums["key"]`` when this store was written), so a rewritten text store is detected."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.text_store:
+            del data["text_store"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StoreAttrs":

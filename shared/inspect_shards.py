@@ -17,13 +17,14 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from shared.contract import ContractError
+from shared.contract import ContractError, Identity
 from shared.inspection import report
 from shared.inspection.summary import STALE_AFTER_S, Summary, summarise
 
 if TYPE_CHECKING:  # imported lazily below: they load torch and zarr, which the summary never needs
     from shared.inspection.grid import GridResult
     from shared.inspection.samples import Sample
+    from shared.inspection.text_half import TextHalf
     from shared.inspection.verify import VerifyResult
 
 GRID_SAMPLES = 8
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = summarise(args.dataset, stale_after_s=args.stale_after)
+        text = _text_half(args.dataset, summary)
         verification = _verify(args, summary) if args.verify else None
         samples = _samples(args)
         grid = _grid(args, samples) if args.grid else None
@@ -60,11 +62,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(_as_json(summary, verification, samples, grid), indent=2, default=str))
+        out = _as_json(summary, verification, samples, grid)
+        print(json.dumps(out | ({"text": dataclasses.asdict(text)} if text else {}), indent=2, default=str))
     else:
-        print(_as_text(summary, verification, samples, grid))
+        print(_as_text(summary, verification, samples, grid, text))
     failed = (verification is not None and not verification.ok) or (args.key is not None and not samples)
     return 1 if failed else 0
+
+
+def _text_half(dataset: str, summary: Summary) -> TextHalf | None:
+    """The text dataset of an image dataset (``--text-from``); ``None`` for one that stores its text."""
+    if "text_dataset" not in summary.identity:
+        return None
+    from shared.inspection.text_half import text_half
+
+    return text_half(dataset, Identity.from_dict(summary.identity))
 
 
 def _verify(args: argparse.Namespace, summary: Summary) -> VerifyResult:
@@ -95,12 +107,15 @@ def _grid(args: argparse.Namespace, samples: list[Sample]) -> GridResult:
 
 
 def _as_text(
-    summary: Summary, verification: VerifyResult | None, samples: list[Sample], grid: GridResult | None
+    summary: Summary, verification: VerifyResult | None, samples: list[Sample], grid: GridResult | None,
+    text: TextHalf | None,
 ) -> str:
     top = [report.headline(summary)]
     if verification is not None:
         top.append(report.verify_headline(verification))
     parts = ["\n".join(top), report.render_summary(summary)]
+    if text is not None:
+        parts.append(report.render_text_half(text))
     if samples:
         parts.append(report.render_samples(samples))
     if grid is not None:

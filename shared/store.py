@@ -122,7 +122,7 @@ class StoreWriter:
                 raise ContractError(f"{name}: non-finite values in samples {start}..{stop - 1} of {self.source}")
             contract.checksum_update(self._hashers[name], block)
 
-    def commit(self, skipped: dict[str, int]) -> StoreAttrs:
+    def commit(self, skipped: dict[str, int], text_store: dict[str, str] | None = None) -> StoreAttrs:
         """Flush, verify, fsync and rename into place.
 
         The checksums were taken from the very blocks handed to zarr, so the commit check is
@@ -146,6 +146,7 @@ class StoreWriter:
             stored_bytes=_tree_bytes(self.tmp_path),
             raw_bytes=sum(_raw_bytes(spec, self._written) for spec in self.specs.values()),
             written_by={**self.written_by, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            text_store=text_store or {},
         )
         self._group.attrs.put(attrs.to_dict())
         problems = verify_store(self.tmp_path, self.identity, self.specs, attrs, deep=False)

@@ -2,8 +2,11 @@
 
     python -m stage1_encode --input DIR_OR_GLOB_OR_URL --output DATASET --assets ASSETS \
         [--config configs/encode_cc12m.toml] [--section.key value …] [--task-index I --num-tasks N]
+        [--text-from TEXT_DATASET]
 
 Task I of N encodes tars I, I+N, I+2N, … of the sorted input; a rerun skips committed stores.
+--text-from (the resolution ladder, e.g. with --image.size 512): encode the images only and pair each
+sample by key with TEXT_DATASET's T5/CLIP encodings of the same tars; T5 and CLIP are not loaded.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, EncodeConfig]:
     parser.add_argument("--config", type=Path, help="TOML config (default: built-in production settings)")
     parser.add_argument("--task-index", type=int, default=0)
     parser.add_argument("--num-tasks", type=int, default=1)
+    parser.add_argument("--text-from", type=Path, help="a dataset of the same tars to take the text encodings from")
     args, rest = parser.parse_known_args(argv)
     try:
         config = load_config(args.config, parse_overrides(rest))
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # Past RLIMIT_FSIZE the kernel would kill us with SIGXFSZ; ignored, a write fails with EFBIG instead
     # and is reported like a full disk.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    task = Task(args.input, args.output, args.assets, args.task_index, args.num_tasks)
+    task = Task(args.input, args.output, args.assets, args.task_index, args.num_tasks, args.text_from)
     try:
         run_task(config, task)
     except (AssetsError, SourcesError, Stage1Error) as exc:

@@ -51,9 +51,14 @@ def identity_and_empty_prompt(
         encoders.hashes,
         encoders.ae_params,
         dims=(empty[contract.T5].shape[-1], empty[contract.CLIP].shape[-1]),
-        compute={"dtype": str(dtype).removeprefix("torch."), "compile": compile_},
+        compute=compute_record(dtype, compile_),
     )
     return identity, empty
+
+
+def compute_record(dtype: torch.dtype, compile_: bool) -> dict[str, object]:
+    """How the encoders ran, for the identity (it changes the numbers too)."""
+    return {"dtype": str(dtype).removeprefix("torch."), "compile": compile_}
 
 
 def encode_empty_prompt(encoder: BatchEncoder, tokenizers: tuple[Any, Any], t5_max_length: int) -> dict[str, torch.Tensor]:
@@ -61,10 +66,11 @@ def encode_empty_prompt(encoder: BatchEncoder, tokenizers: tuple[Any, Any], t5_m
     return encoder.encode_text(t5, clip)
 
 
-def write_identity(dataset: Path, assets: Path, identity: Identity) -> None:
-    """``dataset.json`` with the assets directory beside the identity; refuses a dataset made otherwise."""
+def write_identity(dataset: Path, assets: Path, identity: Identity, extra: dict[str, Any] | None = None) -> None:
+    """``dataset.json`` with the assets directory (and ``extra``) beside the identity; refuses a dataset
+    made otherwise."""
     try:
-        contract.write_identity(dataset, identity, extra={contract.ASSETS_DIR_KEY: str(assets.resolve())})
+        contract.write_identity(dataset, identity, extra={contract.ASSETS_DIR_KEY: str(assets.resolve()), **(extra or {})})
     except ContractError as exc:
         differences = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
         raise Stage1Error(

@@ -31,10 +31,11 @@ class Encoders:
     """The frozen encoders on one device: from an assets directory (``load_encoders``) or injected
     (the benchmark builds real-size random-weight models in memory)."""
 
-    t5: nn.Module
-    """int tokens [B, L] -> ``last_hidden_state`` [B, L, D] (no attention mask, as TorchTitan)."""
-    clip: nn.Module
-    """int tokens [B, 77] -> ``pooler_output`` [B, D]."""
+    t5: nn.Module | None
+    """int tokens [B, L] -> ``last_hidden_state`` [B, L, D] (no attention mask, as TorchTitan); ``None``
+    when the text comes from another dataset (``--text-from``)."""
+    clip: nn.Module | None
+    """int tokens [B, 77] -> ``pooler_output`` [B, D]; ``None`` with ``t5``."""
     ae_encoder: nn.Module
     """images [B, 3, S, S] in [-1, 1] -> posterior moments [B, 2 z, S/f, S/f]."""
     ae_params: dict[str, Any]
@@ -67,7 +68,9 @@ class BatchEncoder:
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         ae_encoder = encoders.ae_encoder.to(memory_format=self._memory_format)
         eager = {"t5": encoders.t5, "clip": encoders.clip, "ae": ae_encoder}
-        self._modules = {name: _Module(m, torch.compile(m, dynamic=False) if compile else None) for name, m in eager.items()}
+        self._modules = {
+            name: _Module(m, torch.compile(m, dynamic=False) if compile else None) for name, m in eager.items() if m is not None
+        }
         self._staging = _HostStaging(batch.size) if encoders.device.type == "cuda" else None
 
     @torch.inference_mode()

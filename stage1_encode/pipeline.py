@@ -18,12 +18,13 @@ from typing import Callable, TextIO
 
 import torch
 
-from shared import asset_loading, contract
+from shared import asset_loading, contract, pairing
 from stage1_encode import sources
 from stage1_encode.captions import TokenizerFactory
 from stage1_encode.config import EncodeConfig
 from stage1_encode.dataset_setup import (
     Stage1Error,
+    compute_record,
     identity_and_empty_prompt,
     remove_stale,
     resolve_compute,
@@ -35,6 +36,7 @@ from stage1_encode.identity import image_policy
 from stage1_encode.prepare import Workers
 from stage1_encode.progress import TaskResult
 from stage1_encode.scheduler import encode_tars
+from stage1_encode.text_from import load_image_encoder, open_text_dataset, paired_identity
 
 EncodersFactory = Callable[[torch.device, torch.dtype], Encoders]
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -49,6 +51,8 @@ class Task:
     assets: Path
     task_index: int = 0
     num_tasks: int = 1
+    text_from: Path | None = None
+    """A text dataset to take ``t5``/``clip`` from (the resolution ladder): only the AE runs."""
 
 
 def run_task(
@@ -63,6 +67,7 @@ def run_task(
     started = time.time()
     asset_loading.check_assets(task.assets)
     tars = sources.task_tars(sources.list_tars(task.input), task.task_index, task.num_tasks)
+    text = open_text_dataset(task.text_from, tars, config.storage.dtype) if task.text_from else None
     device, dtype, compile_ = resolve_compute(config)
     tokenizer_factory = tokenizer_factory or functools.partial(
         asset_loading.load_tokenizers, task.assets, config.text.t5_max_length
@@ -71,15 +76,21 @@ def run_task(
         config.workers.resolved_decode(), tokenizer_factory, image_policy(config), config.text.t5_max_length
     )
     try:
-        encoders = (encoders_factory or functools.partial(load_encoders, task.assets))(device, dtype)
+        default_factory = load_image_encoder if text else load_encoders
+        encoders = (encoders_factory or functools.partial(default_factory, task.assets))(device, dtype)
         workers.wait_ready()  # they started while the encoders loaded
         encoder = BatchEncoder(encoders, config.batch, compile_, config.encoders.ae_channels_last and device.type == "cuda")
-        identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizer_factory(), dtype, compile_)
-        write_identity(task.output, task.assets, identity)
+        if text:  # the empty prompt, like every text encoding, is the text dataset's
+            identity = paired_identity(config, encoders, text, compute_record(dtype, compile_))
+            write_identity(task.output, task.assets, identity, pairing.location_record(task.output, text.root))
+        else:
+            identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizer_factory(), dtype, compile_)
+            write_identity(task.output, task.assets, identity)
         remove_stale(task.output, {contract.store_name(t.name) for t in tars}, config.run.stale_temporary_s)
-        write_empty_prompt(task.output, identity, empty)
+        if not text:
+            write_empty_prompt(task.output, identity, empty)
         task_of = (task.task_index, task.num_tasks)
-        return encode_tars(config, task.output, task_of, tars, workers, encoder, identity, started, out)
+        return encode_tars(config, task.output, task_of, tars, workers, encoder, identity, started, out, text)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
             raise Stage1Error(

@@ -28,7 +28,9 @@ from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, WARN, Row, command_line, print_table
 from shared.units import size
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
+from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.sources import SourcesError, TarSource, list_tars
+from stage1_encode.text_from import open_text_dataset
 
 Hashes = dict[str, dict[str, str]]
 
@@ -48,19 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="the dataset")
     parser.add_argument("--assets", type=Path, help="FLUX.1-schnell assets directory")
     parser.add_argument("--hash", action="store_true", help="hash the assets now (and cache the digests)")
+    parser.add_argument("--text-from", type=Path, help="the text dataset an image-only run pairs with")
     args, rest = parser.parse_known_args(argv)
     missing = [f"--{name}" for name in ("input", "output", "assets") if getattr(args, name) is None]
     if missing:
         parser.error(f"the encode stage needs {', '.join(missing)}")
     cluster = system.Cluster.from_env(os.environ, torch.cuda.device_count())
-    return print_table(encode_rows(args.input, args.output, args.assets, args.config, rest, args.hash, cluster))
+    return print_table(encode_rows(args.input, args.output, args.assets, args.config, rest, args.hash, cluster, args.text_from))
 
 
 def encode_rows(
     input_spec: str, output: Path, assets: Path, config_file: Path | None, overrides: list[str], rehash: bool,
-    cluster: system.Cluster,
+    cluster: system.Cluster, text_from: Path | None = None,
 ) -> list[Row]:
-    """One Stage 1 array task: its GPU, the input tars, the assets, and room in the dataset."""
+    """One Stage 1 array task: its GPU, the input tars, the assets, the text dataset it pairs with
+    (``--text-from``), and room in the dataset (for the image arrays alone when paired)."""
     rows = system.version_rows()
     try:
         config = load_config(config_file, parse_overrides(overrides))
@@ -70,11 +74,13 @@ def encode_rows(
     tars_row, tars = input_row(input_spec)
     hashes_row, hashes = assets_row(assets, rehash)
     rows += [tars_row, hashes_row]
+    if text_from is not None:
+        rows.append(text_from_row(text_from, tars, config.storage.dtype))
     if hashes and (output / contract.DATASET_FILE).is_file():
         rows.append(dataset_encoders_row(output, hashes))
     rows += [
         storage.writable_row("output", output),
-        dataset_space_row(output, tars, free_bytes(output), _raw_bytes_per_sample(config, assets)),
+        dataset_space_row(output, tars, free_bytes(output), _raw_bytes_per_sample(config, assets, text_from is None)),
     ]
     return rows
 
@@ -105,6 +111,15 @@ def assets_row(assets: Path, rehash: bool) -> tuple[Row, Hashes | None]:
     return Row("assets", OK, f"{assets} complete, SHA-256 cached ({prints})"), hashes
 
 
+def text_from_row(text_from: Path, tars: list[TarSource], storage_dtype: str) -> Row:
+    """``--text-from``: a text dataset, stored as this config stores, holding a store for every input tar."""
+    try:
+        text = open_text_dataset(text_from, tars, storage_dtype)
+    except Stage1Error as e:
+        return Row("text dataset", FAIL, str(e))
+    return Row("text dataset", OK, f"{text.root}: identity {text.identity.digest()}, a store for each of {len(tars):,} tars")
+
+
 def dataset_encoders_row(dataset: Path, hashes: Hashes) -> Row:
     """Stage 1 refuses to add stores to a dataset encoded with other weights or tokenizers."""
     try:
@@ -130,20 +145,24 @@ def _fingerprint(files: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- room for the stores
 
 
-def raw_bytes_per_sample(image_size: int, t5_max_length: int, storage_dtype: str, assets: Path) -> float:
+def raw_bytes_per_sample(image_size: int, t5_max_length: int, storage_dtype: str, assets: Path, with_text: bool = True) -> float:
     """Raw tensor bytes of one stored sample, from the config and the assets' own shapes (T5 width from
-    its config.json, CLIP's, the AE's latent channels and downsampling from its weights' header)."""
-    t5_dim = _config_value(assets / asset_loading.T5_DIR, "d_model")
-    clip_dim = _config_value(assets / asset_loading.CLIP_DIR, "hidden_size")
+    its config.json, CLIP's, the AE's latent channels and downsampling from its weights' header);
+    ``with_text=False``: the AE moments alone (``--text-from``)."""
     ae = asset_loading.autoencoder_params(assets)
     latent = image_size // 2 ** (len(ae.ch_mult) - 1)
     itemsize = 2 if storage_dtype == "bfloat16" else 4
-    return itemsize * (t5_max_length * t5_dim + clip_dim + 2 * ae.z_channels * latent * latent)
+    image = itemsize * 2 * ae.z_channels * latent * latent
+    if not with_text:
+        return image
+    t5_dim = _config_value(assets / asset_loading.T5_DIR, "d_model")
+    clip_dim = _config_value(assets / asset_loading.CLIP_DIR, "hidden_size")
+    return image + itemsize * (t5_max_length * t5_dim + clip_dim)
 
 
-def _raw_bytes_per_sample(config: EncodeConfig, assets: Path) -> float | None:
+def _raw_bytes_per_sample(config: EncodeConfig, assets: Path, with_text: bool) -> float | None:
     try:
-        return raw_bytes_per_sample(config.image.size, config.text.t5_max_length, config.storage.dtype, assets)
+        return raw_bytes_per_sample(config.image.size, config.text.t5_max_length, config.storage.dtype, assets, with_text)
     except (OSError, ValueError, KeyError, AssetsError):
         return None  # the assets row already says what is wrong with them
 

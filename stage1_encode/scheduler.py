@@ -25,6 +25,7 @@ import torch
 
 from shared import contract
 from shared.contract import Identity
+from shared.pairing import TextDataset
 from stage1_encode.config import EncodeConfig
 from stage1_encode.dataset_setup import remove_stale
 from stage1_encode.encode import BatchEncoder
@@ -33,6 +34,7 @@ from stage1_encode.progress import Progress, TaskResult, slurm_job
 from stage1_encode.sources import TarSource
 from stage1_encode.skips import Skip
 from stage1_encode.tars import read_tar
+from stage1_encode.text_from import TextRows
 from stage1_encode.writer import WriterProcess
 
 
@@ -46,9 +48,11 @@ def encode_tars(
     identity: Identity,
     started: float,
     out: TextIO,
+    text: TextDataset | None = None,
 ) -> TaskResult:
     """Encode ``tars`` (those of array task ``task`` = (index, count)) into stores of ``dataset``;
-    tars whose store is committed already are counted, not encoded again."""
+    tars whose store is committed already are counted, not encoded again. With ``text`` (``--text-from``)
+    only the images are encoded, each sample paired with its row in ``text``."""
     shards = contract.shards_dir(dataset)
     shards.mkdir(parents=True, exist_ok=True)
     progress = Progress(
@@ -71,7 +75,7 @@ def encode_tars(
                 _written_by(task, encoder), on_commit=lambda source, _attrs: progress.committed(contract.store_name(source)),
             )
             feeder = _Feeder(pending, workers, config.workers.chunk, max(1, config.workers.prefetch_chunks // k))
-            slots.append(_Slot(feeder, writer, encoder, progress, config.batch.size))
+            slots.append(_Slot(feeder, writer, encoder, progress, config.batch.size, text))
         active = slots
         while active:  # one batch (or tar boundary) per slot in turn: every store's writer stays busy
             active = [slot for slot in active if slot.step()]
@@ -122,11 +126,15 @@ class _Slot:
     """
 
     def __init__(
-        self, feeder: _Feeder, writer: WriterProcess, encoder: BatchEncoder, progress: Progress, batch_size: int
+        self, feeder: _Feeder, writer: WriterProcess, encoder: BatchEncoder, progress: Progress, batch_size: int,
+        text: TextDataset | None,
     ) -> None:
         self.feeder, self.writer = feeder, writer
         self._items = iter(feeder)
         self._encoder, self._progress, self._batch_size = encoder, progress, batch_size
+        self._text = text
+        self._text_rows: TextRows | None = None
+        """The current tar's text store, with ``text``."""
         self._pending: list[Prepared] = []
         self._skips: Counter[str] = Counter()
 
@@ -139,7 +147,9 @@ class _Slot:
                     self.writer.begin(tar.name)
                     self._progress.started(contract.store_name(tar.name))
                     self._skips = Counter()
+                    self._text_rows = TextRows.of(self._text, tar.name) if self._text else None
                 case Chunk(results):
+                    results = self._text_rows.split(results) if self._text_rows else results
                     self._count_skips(Counter(r.reason for r in results if isinstance(r, Skip)))
                     self._pending.extend(r for r in results if isinstance(r, Prepared))
                     if len(self._pending) >= self._batch_size:
@@ -152,7 +162,7 @@ class _Slot:
                         self._encode(self._pending)
                         self._pending = []
                     self._count_skips(skips)
-                    self.writer.commit(dict(self._skips))
+                    self.writer.commit(dict(self._skips), self._text_rows.record if self._text_rows else None)
                     return True
         return False
 
@@ -162,9 +172,15 @@ class _Slot:
 
     def _encode(self, samples: list[Prepared]) -> None:
         encoder = self._encoder
-        tensors = encoder.encode_text(np.stack([s.t5_tokens for s in samples]), np.stack([s.clip_tokens for s in samples]))
-        tensors |= encoder.encode_images(np.stack([s.image.pixels for s in samples]))
-        meta = {
+        pixels = np.stack([s.image.pixels for s in samples])
+        if self._text_rows:  # --text-from: the AE alone; the text is the text store's row of the same key
+            tensors = encoder.encode_images(pixels)
+            paired = {contract.TEXT_INDEX: self._text_rows.indices(samples)}
+        else:
+            tensors = encoder.encode_text(np.stack([s.t5_tokens for s in samples]), np.stack([s.clip_tokens for s in samples]))
+            tensors |= encoder.encode_images(pixels)
+            paired = {}
+        meta = paired | {
             contract.KEY: np.array([s.key for s in samples]),
             contract.CAPTION: np.array([s.caption for s in samples]),
             contract.ORIGINAL_SIZE: np.array([s.image.original_size for s in samples], dtype=np.int32),

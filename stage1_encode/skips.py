@@ -33,6 +33,8 @@ class SkipReason(StrEnum):
     """An absolute member name or one with a ``..`` component (a path-traversal attempt)."""
     COMPRESSED_TAR = "compressed_tar"
     """The tar is gzip/bzip2/xz/zstd-compressed; CC12M's are plain (counted once, for the tar)."""
+    NOT_IN_TEXT_DATASET = "not_in_text_dataset"
+    """``--text-from``: the text dataset skipped this key (its filters differ), so it has no text here."""
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ class Append:
 @dataclass(frozen=True)
 class Commit:
     skipped: dict[str, int]
+    text_store: dict[str, str]
+    """An image dataset's store: its text store (``StoreAttrs.text_store``); empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,8 @@ class WriterProcess:
             self._copied = torch.cuda.Event()
             self._copied.record()
 
-    def commit(self, skipped: dict[str, int]) -> None:
-        self._post(Commit(skipped))
+    def commit(self, skipped: dict[str, int], text_store: dict[str, str] | None = None) -> None:
+        self._post(Commit(skipped, text_store or {}))
 
     def hand_over_copied(self) -> None:
         """Send what waited for a device-to-host copy that has finished meanwhile (never waits)."""
@@ -332,9 +334,9 @@ def _serve(
         errno = exc.errno if isinstance(exc, OSError) else None
         send(Failed(errno, getattr(exc, "strerror", None), "".join(traceback.format_exception(exc))))
 
-    def commit(writer: StoreWriter, skipped: dict[str, int]) -> None:
+    def commit(writer: StoreWriter, skipped: dict[str, int], text_store: dict[str, str]) -> None:
         try:
-            attrs = writer.commit(skipped=skipped)
+            attrs = writer.commit(skipped=skipped, text_store=text_store)
         except BaseException as exc:
             writer.abort()
             fail(exc)
@@ -363,8 +365,8 @@ def _serve(
                     batch = {name: view[:n].copy() for name, view in buffers[index].views.items()}
                     send(Freed(index))
                     store.append(batch | meta)
-                case Commit(skipped):
-                    commits.append(committer.submit(commit, store, skipped))
+                case Commit(skipped, text_store):
+                    commits.append(committer.submit(commit, store, skipped, text_store))
                     store = None
         except BaseException as exc:
             if store is not None:

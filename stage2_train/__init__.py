@@ -6,8 +6,11 @@ Reads as TorchTitan does, one module per job:
     parallelize          AC, per-block compile, FSDP2/HSDP (replicas synchronised at shard degree 1)
     identity_check       refuse a dataset made for another model or setting
     sampler / data       disjoint, shuffled, resumable sample order per rank; Zarr reads; batches
+    elastic_loader       the order's checkpoint: global position + pinned stores, any world size resumes it
+    dataset_extent       a new run on a dataset Stage 1 has not finished is refused
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
     trainer              FluxTrainer minus its encoders
+    stop_request         stop at a step all ranks agree on (time limit, preemption), checkpointed
     validator            validation loss and sample images on TorchTitan's validation schedule:
       validation_loss      loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
       prompt_set / sampling / images   stored prompt encodings -> denoise -> AE decoder -> PNG grid

@@ -3,8 +3,8 @@
 One sample goes: ``EpochBatchSampler`` picks its global index → ``PrecomputedDataset`` finds its store
 and reads it through ``StoreReader`` (which checks each chunk's CRC) in a DataLoader worker →
 ``collate`` stacks a batch as ``({"t5", "clip", "ae_mean", "ae_logvar"}, sample indices)`` →
-TorchTitan's ``ParallelAwareDataloader`` prefetches it (pinned on GPU) and checkpoints the sampler's
-position under ``"dataloader"``. The indices travel as TorchTitan's "labels", so its token counters
+``ElasticDataloader`` (TorchTitan's loader) prefetches it (pinned on GPU) and checkpoints the global
+sample position and the pinned stores under ``"dataloader"``. The indices travel as TorchTitan's "labels", so its token counters
 count samples.
 """
 
@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchtitan.components.dataloader import ParallelAwareDataloader
 from torchtitan.config import JobConfig
 from torchtitan.config.job_config import DataLoader as DataLoaderConfig
 from torchtitan.tools.logging import logger
 
-from shared import contract, torch_storage
+from shared import contract, pairing, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
+from stage2_train.dataset_extent import check_dataset_extent
+from stage2_train.elastic_loader import ElasticDataloader
 from stage2_train.flavors import FLAVORS
 from stage2_train.identity_check import check_identity
 from stage2_train.sampler import EpochBatchSampler
@@ -39,11 +40,14 @@ class PrecomputedDataset(Dataset):
     """Map-style view of all committed stores: global index -> that sample's tensors (or ``None`` when
     it is unreadable and ``on_corrupt`` is "skip"). Stores are opened lazily, once per process."""
 
+    reads = TENSORS
+    """The arrays read of a sample from this dataset's own store."""
+
     def __init__(self, root: str | Path, identity: Identity, on_corrupt: str) -> None:
         self.root = Path(root)
         self.identity = identity
         self.on_corrupt = on_corrupt
-        self.specs = {name: contract.array_specs(identity)[name] for name in TENSORS}
+        self.specs = {name: contract.array_specs(identity)[name] for name in self.reads}
         self.stores: list[Path] = []
         counts: list[int] = []
         for path in contract.committed_store_paths(root):
@@ -61,6 +65,26 @@ class PrecomputedDataset(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def store_counts(self) -> list[tuple[str, int]]:
+        """(store name, sample count) of every store trained on, in global index order."""
+        return [(path.name, int(n)) for path, n in zip(self.stores, np.diff(self.offsets))]
+
+    def keep_only(self, pinned: list[tuple[str, int]]) -> None:
+        """Train on exactly ``pinned`` (a resumed run's stores), ignoring stores committed since; a
+        pinned store that is gone or changed its count would silently renumber samples, so it stops."""
+        have = dict(self.store_counts())
+        paths = {path.name: path for path in self.stores}
+        changed = [f"{name} ({count} samples pinned, {have.get(name, 'no store')} now)"
+                   for name, count in pinned if have.get(name) != count]
+        if changed:
+            raise ContractError(
+                f"{self.root}: the checkpoint pins stores that are missing or changed: {', '.join(changed)}; "
+                "restore them, or start a fresh sample order with --stage2.dataset_refresh"
+            )
+        self.stores = [paths[name] for name, _ in pinned]
+        self.offsets = np.cumsum([0, *(count for _, count in pinned)])
+        self._readers = {}
+
     def locate(self, index: int) -> tuple[int, int]:
         """Global sample index -> (store number, index within that store)."""
         store = int(np.searchsorted(self.offsets, index, side="right")) - 1
@@ -69,7 +93,7 @@ class PrecomputedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         store, local = self.locate(index)
         try:
-            arrays = self._reader(store).read(local, TENSORS)
+            arrays = self.read(store, local)
         except ContractError as exc:
             self._corrupt(exc)
             return None
@@ -79,6 +103,10 @@ class PrecomputedDataset(Dataset):
         sample: dict[str, Any] = {n: torch_storage.from_storage(a, self.identity.storage_dtype) for n, a in arrays.items()}
         sample["index"] = index
         return sample
+
+    def read(self, store: int, local: int) -> dict[str, np.ndarray]:
+        """The stored ``TENSORS`` of one sample."""
+        return self._reader(store).read(local, TENSORS)
 
     def _reader(self, store: int) -> StoreReader:
         if store not in self._readers:
@@ -101,10 +129,23 @@ def collate(samples: list[dict[str, Any] | None]) -> Batch:
 
 
 def load_empty_prompt(root: str | Path, identity: Identity) -> dict[str, torch.Tensor]:
-    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders."""
+    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders (an
+    image dataset's are its text dataset's)."""
+    if not identity.stores_text:
+        root = pairing.locate_text_dataset(root)
+        identity = contract.read_identity(root)
     specs = contract.empty_prompt_specs(identity)
     arrays = StoreReader(Path(root) / contract.EMPTY_PROMPT_STORE, identity, specs).read(0)
     return {name: torch_storage.from_storage(a, identity.storage_dtype) for name, a in arrays.items()}
+
+
+def precomputed_dataset(root: str | Path, identity: Identity, on_corrupt: str) -> PrecomputedDataset:
+    """The dataset at ``root``: its own stores, or (the resolution ladder) image stores paired with a text dataset."""
+    if identity.stores_text:
+        return PrecomputedDataset(root, identity, on_corrupt)
+    from stage2_train.paired_data import PairedDataset  # it extends PrecomputedDataset: imported here, not above
+
+    return PairedDataset(root, identity, on_corrupt)
 
 
 def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:
@@ -119,23 +160,25 @@ def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:
 
 def build_precomputed_dataloader(
     dp_world_size: int, dp_rank: int, job_config: JobConfig, tokenizer: object = None
-) -> ParallelAwareDataloader:
+) -> ElasticDataloader:
     """TorchTitan's ``build_dataloader_fn``: this rank's infinite, shuffled, resumable batches."""
     del tokenizer  # prompts are already encoded
     root, identity = open_dataset(job_config)
-    dataset = PrecomputedDataset(root, identity, job_config.stage2.on_corrupt)
+    check_dataset_extent(job_config)
+    dataset = precomputed_dataset(root, identity, job_config.stage2.on_corrupt)
     sampler = EpochBatchSampler(
         len(dataset), job_config.training.local_batch_size, dp_rank, dp_world_size, job_config.stage2.seed
     )
     logger.info(
-        f"dataset {root}: {len(dataset):,} samples in {len(dataset.stores)} stores, "
+        f"dataset {root}: {len(dataset):,} samples in {len(dataset.stores)} committed stores, "
         f"{sampler.batches_per_epoch:,} steps per epoch"
     )
-    return ParallelAwareDataloader(
+    return ElasticDataloader(
         dataset,
-        dp_rank=dp_rank,
-        dp_world_size=dp_world_size,
-        batch_sampler=sampler,
+        sampler,
+        dp_rank,
+        dp_world_size,
+        job_config.stage2.dataset_refresh,
         collate_fn=collate,
         **loader_options(job_config.training.dataloader),
     )

@@ -5,7 +5,8 @@ user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed 
 ``[validation] prompts_path, image_freq, seed`` what only stored prompt encodings need. Everything else
 (``[training] dataset_path, local_batch_size, steps``, ``[training.dataloader]``, ``[validation] enable,
 freq, steps, local_batch_size, dataset_path``, ``[validation.dataloader]``, ``[parallelism]``,
-``[activation_checkpoint]``, ``[compile]``, ``[checkpoint]``, ``[metrics]``) is TorchTitan's own.
+``[activation_checkpoint]``, ``[compile]``, ``[checkpoint]``, ``[metrics]`` but its ``jsonl_file``) is
+TorchTitan's own.
 """
 
 
@@ -70,6 +71,35 @@ class Stage2:
     sample_ledger: bool = False
     """Append each step's sample indices and local loss to ``<dump_folder>/ledger/rank_<r>.jsonl``
     (answers "what did step N train on"; used by the resume test)."""
+    allow_incomplete_dataset: bool = False
+    """Start a new run on a dataset Stage 1 has not finished (tasks still running, or stores missing
+    against its input list), training on the stores committed now. Off: such a start is refused with
+    the missing tars named. A resume always trains on the stores its checkpoint pinned."""
+    dataset_refresh: bool = False
+    """On resume, train on the stores committed now instead of those the checkpoint pinned; when they
+    differ, the rest of the checkpoint's epoch is skipped and the next epoch covers all of them."""
+    stop_file: str = ""
+    """A file whose appearance asks the run to stop (``train.sbatch`` writes it on SIGUSR1/SIGTERM, with
+    the signal's name inside). Every rank looks for it at every step boundary and all agree through
+    one all-reduce; they then checkpoint that step, write ``<stop_file>.stopped`` (the step) and exit 0.
+    Empty: only SIGTERM to the training processes asks for a stop."""
+    fsdp_forward_prefetch: int = 1
+    """FSDP2 explicit forward prefetch: each transformer block starts the all-gather of the next n
+    blocks' parameters. 0 leaves FSDP2's implicit prefetch. Default not measured on GPU here."""
+    fsdp_backward_prefetch: int = 1
+    """FSDP2 explicit backward prefetch: each block's backward starts the all-gather of the n blocks
+    before it. 0 leaves FSDP2's implicit prefetch (one block). Default not measured on GPU here."""
+    fsdp_reshard_after_forward: bool = True
+    """Free each block's gathered parameters after its forward (re-gather for backward): less memory,
+    one more all-gather per block. False keeps them until backward (ZeRO-2-like)."""
+
+
+@dataclass
+class Metrics:
+    jsonl_file: str = ""
+    """Also append every logged record (TorchTitan's names: loss, step time, data-loading share, peak
+    memory, MFU; plus samples/s) as one JSON line to ``<job.dump_folder>/<jsonl_file>``, first rank
+    only; empty: off. Scripts (the Stage 2 benchmark) read it instead of parsing the console."""
 
 
 @dataclass
@@ -78,3 +108,4 @@ class JobConfig:
     encoder: Encoder = field(default_factory=Encoder)
     validation: Validation = field(default_factory=Validation)
     stage2: Stage2 = field(default_factory=Stage2)
+    metrics: Metrics = field(default_factory=Metrics)

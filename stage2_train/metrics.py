@@ -4,15 +4,19 @@ The data loader's labels are sample indices, so TorchTitan's token counters coun
 ``tps`` is samples/s per GPU, and with the flavors' FLOPs per sample its ``tflops`` and ``mfu`` are
 real. It already records the share of step time spent waiting for data
 (``time_metrics/data_loading(%)``) and peak memory; this adds samples/s under its own name, one
-stdout line with the figures a Stage 2 run is judged by, and images (sample grids) for TensorBoard and wandb.
+stdout line with the figures a Stage 2 run is judged by, images (sample grids) for TensorBoard and wandb,
+and, with ``[metrics] jsonl_file``, every record as a JSON line for scripts.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torchtitan.components.metrics import (
     BaseLogger,
@@ -62,7 +66,32 @@ def _backends(metric_logger: BaseLogger) -> list[BaseLogger]:
     return list(metric_logger._loggers) if isinstance(metric_logger, LoggerContainer) else [metric_logger]
 
 
+class JsonlLogger(BaseLogger):
+    """Appends each record as one JSON line (numbers only), flushed: a killed run keeps what it logged."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        record = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def add_jsonl_logger(processor: MetricsProcessor, job_config: JobConfig) -> None:
+    """Send ``processor``'s records to ``<dump_folder>/<metrics.jsonl_file>`` too (first rank only)."""
+    jsonl_file = job_config.metrics.jsonl_file
+    if not jsonl_file or torch.distributed.get_rank() != 0:
+        return
+    if not isinstance(processor.logger, LoggerContainer):  # a bare BaseLogger logs nothing: replace it
+        processor.logger = LoggerContainer()
+    processor.logger.add_logger(JsonlLogger(os.path.join(job_config.job.dump_folder, jsonl_file)))
+
+
 def build_sample_metrics_processor(
     job_config: JobConfig, parallel_dims: ParallelDims, model_args: BaseModelArgs | None = None, tag: str | None = None
 ) -> SampleMetricsProcessor:
-    return SampleMetricsProcessor(job_config, parallel_dims, tag)
+    processor = SampleMetricsProcessor(job_config, parallel_dims, tag)
+    add_jsonl_logger(processor, job_config)
+    return processor

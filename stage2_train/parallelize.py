@@ -10,6 +10,8 @@ leaves out, fixed for Stage 2.
   integer option, TorchTitan's meaning) — stock Flux checkpoints every block for any mode.
 * ``compile.enable`` with "model" in ``compile.components`` compiles each block (stock compiles only
   the loss).
+* FSDP2 explicit forward/backward prefetch depth and reshard-after-forward of the blocks from
+  ``[stage2]`` (stock has no prefetch knobs and ignores ``fsdp_reshard_after_forward``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from torchtitan.config.job_config import ActivationCheckpoint, Compile
 from torchtitan.distributed import ParallelDims
 from torchtitan.models.flux.infra.parallelize import apply_fsdp
 from torchtitan.tools.logging import logger
+
+from stage2_train.job_config import Stage2
 
 
 def _blocks(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -75,6 +79,25 @@ def apply_compile(model: nn.Module, compile_config: Compile) -> None:
     logger.info(f"Compiled each Flux block with torch.compile (backend {compile_config.backend})")
 
 
+def apply_fsdp_schedule(model: nn.Module, stage2: Stage2) -> None:
+    """FSDP2's explicit prefetching and reshard-after-forward for the blocks (``[stage2] fsdp_*``).
+
+    Block i's forward starts the all-gathers of blocks i+1..i+n, its backward those of i-1..i-n, in
+    forward order over double then single blocks. TorchTitan's ``apply_fsdp`` takes neither setting."""
+    blocks = [parent.get_submodule(name) for parent, name in _blocks(model)]
+    for block in blocks:
+        block.set_reshard_after_forward(stage2.fsdp_reshard_after_forward)
+    for i, block in enumerate(blocks):
+        if stage2.fsdp_forward_prefetch > 0 and i + 1 < len(blocks):
+            block.set_modules_to_forward_prefetch(blocks[i + 1 : i + 1 + stage2.fsdp_forward_prefetch])
+        if stage2.fsdp_backward_prefetch > 0 and i > 0:
+            block.set_modules_to_backward_prefetch(blocks[max(0, i - stage2.fsdp_backward_prefetch) : i][::-1])
+    logger.info(
+        f"FSDP2 prefetch: forward {stage2.fsdp_forward_prefetch}, backward {stage2.fsdp_backward_prefetch} blocks; "
+        f"reshard after forward: {stage2.fsdp_reshard_after_forward}"
+    )
+
+
 def data_parallel_mesh(parallel_dims: ParallelDims) -> DeviceMesh:
     """The mesh FSDP2 wraps over: TorchTitan's when sharding, else replicas x a shard dimension of 1."""
     if parallel_dims.dp_shard_enabled:
@@ -108,5 +131,6 @@ def parallelize_precomputed_flux(model: nn.Module, parallel_dims: ParallelDims, 
             for module in model.modules():
                 if isinstance(module, FSDPModule):
                     module.set_force_sum_reduction_for_comms(True)
+        apply_fsdp_schedule(model, job_config.stage2)
         logger.info(f"Applied FSDP2 over mesh {mesh} (replicate x shard)")
     return model

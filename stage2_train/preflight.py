@@ -20,13 +20,14 @@ import torch
 from torchtitan.config import ConfigManager, JobConfig
 from torchtitan.models.flux.model.args import FluxModelArgs
 
-from shared import contract
+from shared import contract, pairing
 from shared.assets.hub import free_bytes
 from shared.contract import ContractError
 from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, Row, command_line, print_table
 from shared.units import count, size
 from stage2_train.flavors import FLAVORS
+from stage2_train.dataset_extent import incomplete_dataset_refusal
 from stage2_train.identity_check import identity_differences
 
 TRAIN_BYTES_PER_PARAM = 16
@@ -83,6 +84,8 @@ def train_rows(
         rows.append(Row("dataset", FAIL, "no dataset: give --dataset DIR (or --training.dataset_path)"))
     else:
         rows.append(train_identity_row(Path(job.training.dataset_path), job, flavor))
+        refusal = incomplete_dataset_refusal(job)  # a resume trains on its pinned stores: never refused
+        rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)
     rows.append(storage.writable_row("output", dump))
     if job.checkpoint.enable:
@@ -108,6 +111,11 @@ def train_identity_row(dataset: Path, job_config: JobConfig, flavor: FluxModelAr
     differences = identity_differences(identity, flavor, job_config)
     if differences:
         return Row("dataset", FAIL, f"{dataset} does not fit {job_config.model.flavor}: {'; '.join(differences)}")
+    if not identity.stores_text:  # an image dataset of the resolution ladder: its text dataset, unchanged
+        try:
+            pairing.check_stores(dataset, pairing.TextDataset.of(dataset))
+        except (ContractError, OSError, ValueError) as e:
+            return Row("dataset", FAIL, str(e))
     stores = len(contract.committed_store_paths(dataset))
     if not stores:
         return Row("dataset", FAIL, f"{dataset}: identity fits, but no committed stores to train on")

@@ -1,73 +1,83 @@
 """Which samples each data-parallel rank trains on, step by step, across as many epochs as it takes.
 
-Epoch ``e`` is a permutation of all samples drawn from (seed, e). Its first
-``batches_per_epoch · world · batch`` entries are cut into global batches, and rank ``r`` takes the
-``r``-th slice of each: ranks are disjoint, every rank has the same number of batches (the uneven
-tail of the permutation is dropped — a different tail each epoch), and the stream never ends, so no
-rank waits for another at an epoch boundary. The position (epoch, batch) is the whole state: a
-resumed run continues at exactly the next batch.
+Epoch ``e`` is a permutation of all samples drawn from (seed, e). Each step takes the next
+``world · batch`` entries of it as one global batch, and rank ``r`` takes the ``r``-th slice: ranks are
+disjoint, every rank has the same number of batches (the tail of the permutation that cannot fill a
+global batch is dropped — a different tail each epoch), and the stream never ends, so no rank waits
+for another at an epoch boundary.
+
+The position is global — (epoch, samples of its permutation consumed) — and says nothing of the world
+or batch size, so a run checkpointed on N ranks resumes on any other count, or with another batch
+size, at the same place in the same permutation: within an epoch no sample repeats and none is
+skipped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
 
 
+@dataclass(frozen=True)
+class SamplePosition:
+    epoch: int = 0
+    consumed: int = 0
+    """Samples of epoch ``epoch``'s permutation that earlier global batches took."""
+
+    def next_batch_start(self, num_samples: int, global_batch: int) -> "SamplePosition":
+        """Where the next global batch starts: here, or at the next epoch when the rest cannot fill it."""
+        if self.consumed + global_batch > num_samples:
+            return SamplePosition(self.epoch + 1, 0)
+        return self
+
+    def after_batch(self, num_samples: int, global_batch: int) -> "SamplePosition":
+        start = self.next_batch_start(num_samples, global_batch)
+        return SamplePosition(start.epoch, start.consumed + global_batch)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of all sample indices that epoch ``epoch`` walks through."""
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
 class EpochBatchSampler(Sampler[list[int]]):
-    """Infinite batches of sample indices for one data-parallel rank; checkpointable."""
+    """Infinite batches of sample indices for one data-parallel rank, from ``position`` on.
+
+    The DataLoader runs ahead of training (worker prefetch), so this sampler's own progress is not what
+    was trained; ``ElasticDataloader`` keeps the trained position and sets ``position`` on resume.
+    """
 
     def __init__(self, num_samples: int, batch_size: int, dp_rank: int, dp_world_size: int, seed: int) -> None:
-        self.num_samples = num_samples
         self.batch_size = batch_size
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
         self.seed = seed
-        self.batches_per_epoch = num_samples // (batch_size * dp_world_size)
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{num_samples} samples cannot fill one global batch of {dp_world_size} ranks x {batch_size}"
-            )
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        self.position = SamplePosition()
+        self.resize(num_samples)
 
-    def epoch_batches(self, epoch: int) -> np.ndarray:
-        """This rank's batches of ``epoch``: [batches_per_epoch, batch_size] sample indices."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-        used = order[: self.batches_per_epoch * self.dp_world_size * self.batch_size]
-        return used.reshape(self.batches_per_epoch, self.dp_world_size, self.batch_size)[:, self.dp_rank]
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.dp_world_size
+
+    def resize(self, num_samples: int) -> None:
+        """Train on ``num_samples`` samples (a pinned store list may hold fewer than are committed)."""
+        if num_samples < self.global_batch:
+            raise ValueError(
+                f"{num_samples} samples cannot fill one global batch of {self.dp_world_size} ranks x {self.batch_size}"
+            )
+        self.num_samples = num_samples
+        self.batches_per_epoch = num_samples // self.global_batch
 
     def __iter__(self) -> Iterator[list[int]]:
+        position = self.position
+        order_epoch, order = -1, np.empty(0, dtype=np.int64)
         while True:
-            batches = self.epoch_batches(self.epoch)
-            while self.batch_in_epoch < self.batches_per_epoch:
-                batch = batches[self.batch_in_epoch].tolist()
-                self.batch_in_epoch += 1
-                yield batch
-            self.epoch += 1
-            self.batch_in_epoch = 0
-
-    def _layout(self) -> dict[str, int]:
-        return {
-            "num_samples": self.num_samples,
-            "batch_size": self.batch_size,
-            "dp_rank": self.dp_rank,
-            "dp_world_size": self.dp_world_size,
-            "seed": self.seed,
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "layout": self._layout()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position; refuse if the order it belongs to was made for other data or settings."""
-        if state["layout"] != self._layout():
-            raise ValueError(
-                f"the checkpointed sample order was made for {state['layout']}, this run has {self._layout()}; "
-                "resume with the same dataset, batch size and seed, or start a fresh order with "
-                "--checkpoint.exclude_from_loading dataloader"
-            )
-        self.epoch = state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
+            position = position.next_batch_start(self.num_samples, self.global_batch)
+            if position.epoch != order_epoch:
+                order_epoch, order = position.epoch, epoch_order(self.num_samples, self.seed, position.epoch)
+            start = position.consumed + self.dp_rank * self.batch_size
+            yield order[start : start + self.batch_size].tolist()
+            position = position.after_batch(self.num_samples, self.global_batch)

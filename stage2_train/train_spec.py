@@ -11,6 +11,7 @@ from torchtitan.models.flux import FluxModel
 from torchtitan.models.flux.model.state_dict_adapter import FluxStateDictAdapter
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
+import stage2_train.float8  # noqa: F401  (registers the "float8" model converter)
 from stage2_train.data import build_precomputed_dataloader
 from stage2_train.flavors import FLAVORS
 from stage2_train.metrics import build_sample_metrics_processor

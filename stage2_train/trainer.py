@@ -5,7 +5,8 @@
 ``train_step`` (no gradient accumulation, clipping, loss logging) is ``FluxTrainer``'s; only the
 forward/backward differs: inputs are built from stored moments and encodings (``step.py``) instead
 of running the encoders. Validation is Stage 2's own validator (``validator.py``), which TorchTitan's
-train loop calls.
+train loop calls. At every step boundary the ranks also agree whether to stop for a time limit or
+preemption (``stop_request.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from torchtitan.config import JobConfig
 from torchtitan.distributed import utils as dist_utils
 from torchtitan.models.flux.train import FluxTrainer
+from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
 from stage2_train.data import load_empty_prompt
 from stage2_train.ledger import SampleLedger
 from stage2_train.step import flow_matching_batch, step_generator
+from stage2_train.stop_request import StopRequest, checkpoint_now
 
 
 class PrecomputedFluxTrainer(FluxTrainer):
@@ -46,6 +49,28 @@ class PrecomputedFluxTrainer(FluxTrainer):
             if job_config.stage2.sample_ledger
             else None
         )
+        self.stop_request = StopRequest(job_config.stage2.stop_file)
+        self.resumed_at: int | None = None
+
+    def should_continue_training(self) -> bool:
+        """TorchTitan's check at every step boundary, plus a stop all ranks agree on (see stop_request)."""
+        if self.resumed_at is None:
+            self.resumed_at = self.step  # the step the loaded checkpoint holds (0: none)
+        if not super().should_continue_training():
+            return False
+        reason = self.stop_request.agreed_reason()
+        if reason is None:
+            return True
+        already_saved = self.step == self.resumed_at or self.step % self.job_config.checkpoint.interval == 0
+        if not self.job_config.checkpoint.enable:
+            logger.warning(f"stopping at step {self.step}: {reason}; checkpointing is off, a rerun starts over")
+            return False
+        if not already_saved:
+            checkpoint_now(self.checkpointer, self.step)
+        self.stop_request.acknowledge(self.step)
+        logger.info(f"stopping at step {self.step}: {reason}; checkpoint step-{self.step} saved, "
+                    f"a resumed run starts at step {self.step + 1}")
+        return False
 
     def forward_backward_step(
         self,

@@ -35,7 +35,7 @@ from torchtitan.tools.logging import logger
 
 from shared import contract
 from shared.contract import ContractError, Identity
-from stage2_train.data import PrecomputedDataset, open_dataset
+from stage2_train.data import open_dataset, precomputed_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.images import ImageSampler
 from stage2_train.metrics import SampleMetricsProcessor
@@ -69,7 +69,7 @@ class PrecomputedFluxValidator(BaseValidator):
         root, identity = open_dataset(job_config)
         self.loss = None
         if config.dataset_path:
-            dataset = PrecomputedDataset(
+            dataset = precomputed_dataset(
                 check_held_out(Path(config.dataset_path), root, identity), identity, job_config.stage2.on_corrupt
             )
             self.loss = ValidationLoss(dataset, job_config, dp_rank, dp_world_size)

@@ -12,6 +12,10 @@ import pytest
 from slurm_helpers import SlurmCluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTED_SLURM = "22.05"
+"""The Slurm release the suite ran against (Debian 12's 22.05.8); tests marked ``slurm_22_05`` check
+behaviour seen on it (requeue timing, how fake GPUs show in jobs) and fail on another release."""
+_SLURM_VERSION = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +24,7 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster(tmp_path_factory, pytestconfig):
     """A controller + nodes n1, n2 (8 fake GPUs each) started by scripts/local_slurm.sh.
 
     Submit with slurm_cluster.submit(script, *args, sbatch_opts=[...], env_extra={...}); see
@@ -33,7 +37,29 @@ def slurm_cluster(tmp_path_factory):
         state_dir = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
     cluster = SlurmCluster(state_dir, REPO_ROOT)
     cluster.start()
+    pytestconfig.stash[_SLURM_VERSION] = cluster.version()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def _slurm_release_as_tested(request):
+    """A test marked ``slurm_22_05`` states what it checks is 22.05's behaviour: on another release it
+    fails up front, saying so, instead of failing (or passing) for a reason nobody looked at."""
+    if request.node.get_closest_marker("slurm_22_05"):
+        version = request.getfixturevalue("slurm_cluster").version()
+        assert version.startswith(TESTED_SLURM + "."), f"written against Slurm {TESTED_SLURM}, running {version}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _SLURM_VERSION in config.stash:
+        terminalreporter.write_line(f"local Slurm cluster: slurm {config.stash[_SLURM_VERSION]} "
+                                    f"(suite written against {TESTED_SLURM})")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The HF_TOKEN scan (tests/reliability/test_zz_logs.py) runs last of the whole session, so it reads
+    every log and output file the other tests wrote, not only those of the tests collected before it."""
+    items.sort(key=lambda item: item.path.name == "test_zz_logs.py")

@@ -113,6 +113,10 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc
 
+    def version(self) -> str:
+        """The Slurm release these daemons and clients are, e.g. "22.05.8" (``sinfo --version``)."""
+        return self.run("sinfo", "--version").stdout.split()[-1]
+
     def scontrol(self, *args: str, check: bool = True) -> str:
         return self.run("scontrol", *args, check=check).stdout
 

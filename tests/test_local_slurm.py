@@ -4,6 +4,8 @@ project's sbatch scripts rely on, checked as they really are on Slurm 22.05 with
 import textwrap
 import time
 
+import pytest
+
 
 def write_script(path, body: str):
     path.write_text("#!/bin/bash\n" + textwrap.dedent(body).lstrip())
@@ -116,6 +118,7 @@ def test_failing_job_exit_code_via_sbatch_wait(slurm_cluster, tmp_path):
     assert slurm_cluster.wait(job.job_id).returncode == 3
 
 
+@pytest.mark.slurm_22_05
 def test_cuda_visible_devices_inside_jobs(slurm_cluster, tmp_path):
     """Documents real behaviour: with the fake (plain-file) GPUs, Slurm 22.05.8 *unsets*
     CUDA_VISIBLE_DEVICES in the batch script and in srun steps, whether or not GPUs were requested
@@ -134,6 +137,7 @@ def test_cuda_visible_devices_inside_jobs(slurm_cluster, tmp_path):
         assert job.log().split() == ["batch=unset", "step=unset"], (opts, job.logs())
 
 
+@pytest.mark.slurm_22_05
 def test_requeue_runs_the_job_again(slurm_cluster, tmp_path):
     # A preempted/requeued Stage 1 task must restart and resume: same job id, append to its log.
     script = write_script(tmp_path / "requeue.sh", f"""

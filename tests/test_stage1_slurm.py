@@ -46,13 +46,13 @@ def online_models(assets: Path, tmp_path: Path):
     return t5_tok, clip_tok, t5, clip, ae
 
 
-def online_image(jpg: bytes, crop_box, monkeypatch) -> torch.Tensor:
+def online_image(jpg: bytes, crop_box, monkeypatch, size: int = 256) -> torch.Tensor:
     from torchtitan.models.flux.flux_datasets import _process_cc12m_image
 
     img = datasets.Image().decode_example({"path": None, "bytes": jpg})
     with monkeypatch.context() as m:  # the online random crop, at the offset Stage 1 recorded
         m.setattr(torch, "randint", lambda low, high, size: torch.tensor([max(crop_box[0], crop_box[1])]))
-        return _process_cc12m_image(img, output_size=256)
+        return _process_cc12m_image(img, output_size=size)
 
 
 def close(stored, expected) -> None:

@@ -15,7 +15,7 @@ from shared.synthetic import schnell_identity
 from stage2_train.data import PrecomputedDataset, build_precomputed_dataloader, collate, load_empty_prompt, open_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.identity_check import identity_differences
-from stage2_train.sampler import EpochBatchSampler
+from stage2_train.sampler import EpochBatchSampler, SamplePosition, epoch_order
 from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, tiny_identity, write_tiny_dataset
 
 
@@ -37,8 +37,9 @@ def test_ranks_are_disjoint_and_equal_and_drop_only_the_tail():
     samplers = [EpochBatchSampler(n, batch, rank, world, seed=7) for rank in range(world)]
     per_epoch = n // (batch * world)
     assert all(s.batches_per_epoch == per_epoch == 8 for s in samplers)
+    streams = [_take(s, 3 * per_epoch) for s in samplers]
     for epoch in range(3):
-        rank_sets = [set(s.epoch_batches(epoch).reshape(-1).tolist()) for s in samplers]
+        rank_sets = [{i for b in stream[epoch * per_epoch : (epoch + 1) * per_epoch] for i in b} for stream in streams]
         assert all(len(r) == per_epoch * batch for r in rank_sets)
         union = set().union(*rank_sets)
         assert len(union) == per_epoch * batch * world  # disjoint
@@ -51,24 +52,34 @@ def test_order_is_a_function_of_seed_and_epoch_and_never_ends():
     assert three_epochs == _take(b, len(three_epochs))
     epochs = [three_epochs[i * 5 : (i + 1) * 5] for i in range(3)]
     assert epochs[0] != epochs[1] != epochs[2]  # reshuffled every epoch
-    assert a.epoch == 3 and a.batch_in_epoch == 1
     assert _take(EpochBatchSampler(50, 5, 1, 2, seed=4), 5) != epochs[0]
 
 
-def test_sampler_resumes_mid_epoch_and_refuses_other_layouts():
-    original = EpochBatchSampler(40, 3, 0, 2, seed=1)
-    stream = iter(original)
-    consumed = [next(stream) for _ in range(8)]  # crosses the first epoch (6 batches)
-    state = original.state_dict()
-    expected = [next(stream) for _ in range(10)]
+def _global_stream(n: int, batch: int, world: int, position: SamplePosition, steps: int) -> list[list[int]]:
+    """The global batches ``steps`` steps of ``world`` ranks x ``batch`` train from ``position``."""
+    samplers = [EpochBatchSampler(n, batch, rank, world, seed=1) for rank in range(world)]
+    for sampler in samplers:
+        sampler.position = position
+    per_rank = [_take(sampler, steps) for sampler in samplers]
+    return [[i for rank in per_rank for i in rank[step]] for step in range(steps)]
 
-    resumed = EpochBatchSampler(40, 3, 0, 2, seed=1)
-    resumed.load_state_dict(state)
-    assert _take(resumed, 10) == expected
-    assert consumed != expected[:8]
 
-    with pytest.raises(ValueError, match="exclude_from_loading dataloader"):
-        EpochBatchSampler(41, 3, 0, 2, seed=1).load_state_dict(state)
+def test_position_is_global_so_any_layout_resumes_it():
+    """World 2 x batch 3 for 4 steps, then world 3 x batch 2 (same global batch) and world 1 x batch 3
+    from the same position: every layout walks the same permutation on from there."""
+    n = 40
+    position = SamplePosition()
+    for _ in range(4):
+        position = position.after_batch(n, 6)
+    assert position == SamplePosition(0, 24)
+    walked = [i for b in _global_stream(n, 3, 2, SamplePosition(), 4) for i in b]
+    rest_same_global = [i for b in _global_stream(n, 2, 3, position, 2) for i in b]
+    rest_smaller = [i for b in _global_stream(n, 3, 1, position, 5) for i in b]
+    order = epoch_order(n, 1, 0).tolist()
+    assert walked == order[:24]
+    assert rest_same_global == order[24:36]  # then 4 left over: the next batch starts epoch 1
+    assert rest_smaller == order[24:39]
+    assert SamplePosition(0, 36).next_batch_start(n, 6) == SamplePosition(1, 0)
 
 
 def test_too_small_a_dataset_is_refused():

@@ -33,8 +33,9 @@ _ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3 / 4, 2 / 3, 9 / 16, 1 / 2)
 _EXIF_ORIENTATION = 0x0112
 
 
-def write_sample_tars(out: str | Path, shards: int, per_shard: int, seed: int = 0) -> list[Path]:
-    """Write ``shards`` tars of ``per_shard`` samples each under ``out``; return their paths in order."""
+def write_sample_tars(out: str | Path, shards: int, per_shard: int, seed: int = 0, scale: int = 1) -> list[Path]:
+    """Write ``shards`` tars of ``per_shard`` samples each under ``out``; return their paths in order.
+    ``scale`` multiplies every image side (2: CC12M-like tars for a 512 px encode)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -43,19 +44,19 @@ def write_sample_tars(out: str | Path, shards: int, per_shard: int, seed: int = 
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for n in range(s * per_shard, (s + 1) * per_shard):
-                for name, data in sample_members(n, seed).items():
+                for name, data in sample_members(n, seed, scale).items():
                     _add(tar, name, data)
         os.replace(tmp, path)
         paths.append(path)
     return paths
 
 
-def sample_members(index: int, seed: int = 0) -> dict[str, bytes]:
+def sample_members(index: int, seed: int = 0, scale: int = 1) -> dict[str, bytes]:
     """The tar members of sample ``index``: ``{key}.jpg``, ``{key}.json``, ``{key}.txt``."""
     key = f"{index:09d}"
     rng = np.random.default_rng([seed, index])
     text = corpus.caption(random.Random(f"{seed}:{index}"), long=index % 5 == 1)
-    width, height = _size(index, rng)
+    width, height = (side * scale for side in _size(index, rng))
     mode = "L" if index % 7 == 2 else "CMYK" if index % 7 == 5 else "RGB"
     orientation = int(rng.integers(2, 9)) if index % 6 == 4 else None
     jpg = _jpeg(_pixels(rng, width, height), mode, orientation, quality=int(rng.integers(70, 96)))

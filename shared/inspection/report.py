@@ -13,6 +13,7 @@ from shared.units import count, duration, rate, size
 if TYPE_CHECKING:  # importing these would load torch and zarr, which a summary never needs
     from shared.inspection.grid import GridResult
     from shared.inspection.samples import Sample
+    from shared.inspection.text_half import TextHalf
     from shared.inspection.verify import VerifyResult
 
 LABEL = 16
@@ -131,6 +132,16 @@ def _temporaries(s: Summary) -> str:
     rows = [_row("Temporaries", f"{len(s.temporaries)} (stores not committed: never read by Stage 2)")]
     rows += [_row("", f"{t.name:<{width}}  {duration(t.age_s)} old  {t.status}") for t in s.temporaries[:MAX_LISTED]]
     return "\n".join(rows + _more(len(s.temporaries)))
+
+
+def render_text_half(t: TextHalf) -> str:
+    """An image dataset's other half: the text dataset it pairs with, and whether it still does."""
+    if t.path is None:
+        return _row("Text", f"MISSING: {t.problem}")
+    rows = [_row("Text", f"from {t.path} · identity {t.identity_digest} · {_plural(t.stores, 'store')} · "
+                         f"{count(t.samples)} samples · {size(t.stored_bytes)}")]
+    rows.append(_row("  pairing", f"PROBLEM: {t.problem}" if t.problem else "every store pairs (text key checksums as recorded)"))
+    return "\n".join(rows)
 
 
 def _identity(s: Summary) -> str:

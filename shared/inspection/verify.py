@@ -23,6 +23,7 @@ import torch
 from shared import contract, torch_storage
 from shared.contract import Identity
 from shared.inspection.summary import Finding, Summary, summarise
+from shared.inspection.text_half import pairing_findings
 from shared.store import verify_store
 
 MEAN_TOLERANCE = 0.5
@@ -102,7 +103,10 @@ def verify(
     findings = list(summary.problems)
     if summary.missing:
         findings.append(Finding("dataset", f"{len(summary.missing)} expected stores are missing ({summary.verdict})"))
-    findings += _empty_prompt_findings(Path(dataset), identity)
+    if identity.stores_text:
+        findings += _empty_prompt_findings(Path(dataset), identity)
+    else:  # the empty prompt, like all text, is the text dataset's
+        findings += pairing_findings(dataset)
     findings += [Finding(c.store, p) for c in checks for p in c.problems]
     findings += statistics_outliers(checks)
     return VerifyResult(len(checks), sum(c.samples for c in checks), time.perf_counter() - start, findings)

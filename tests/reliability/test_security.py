@@ -1,12 +1,23 @@
-"""Security properties: weights only through safetensors or torch.load(weights_only=True), Pillow's
-decompression-bomb guard always on."""
+"""Security properties, and where they stop.
+
+- A lint of our own code (not a proof: it sees direct calls in shared/, stage1_encode/, stage2_train/,
+  scripts/ and bench/, not what libraries do inside): weights load only through safetensors,
+  ``torch.load(weights_only=True)`` or numpy without pickle.
+- Checkpoints are trusted input: TorchTitan resumes through ``torch.distributed.checkpoint``, which
+  unpickles each checkpoint's ``.metadata`` — whoever can write the checkpoint folder can run code in
+  the trainer. A test shows it, so the statement is re-checked with every torch upgrade.
+- Pillow's decompression-bomb guard is always on.
+"""
 
 from __future__ import annotations
 
 import ast
+import pickle
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed.checkpoint as dcp
 from PIL import Image
 
 from stage1_encode.config import ConfigError, load_config
@@ -52,6 +63,29 @@ def test_weights_load_only_through_safe_paths(tally):
                     if not (isinstance(value, ast.Constant) and value.value is True):
                         unsafe.append(where)
     assert seen > 20 and unsafe == [], unsafe
+    tally.passed("security checks")
+
+
+class _Payload:
+    """Pickles as "call ``Path.touch(marker)``": what a planted ``.metadata`` could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_checkpoint_is_trusted_input_its_metadata_is_unpickled(tmp_path, tally):
+    tally.trial("security checks")
+    state = {"weight": torch.zeros(4)}
+    checkpoint = tmp_path / "checkpoint" / "step-10"
+    dcp.save(state, checkpoint_id=checkpoint)  # the call TorchTitan's CheckpointManager makes
+    marker = tmp_path / "code-ran"
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(dcp.api.CheckpointException):  # the payload is not metadata: the load fails, after running it
+        dcp.load(state, checkpoint_id=checkpoint)
+    assert marker.exists(), "torch.distributed.checkpoint no longer unpickles .metadata: update the docs"
     tally.passed("security checks")
 
 

@@ -170,6 +170,7 @@ def _wait_for_a_temporary(dataset: Path, seconds: float) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slurm_22_05  # requeue: held ~120 s and credential revocation (slurm_helpers.requeue_now)
 @pytest.mark.parametrize("fault", ["scancel", "requeue"])
 def test_slurm_fault_mid_run_then_same_result(fault, slurm_cluster, reference, tiny_assets, tmp_path, tally):
     """scancel or requeue once a store is being written: scancel must end the job CANCELLED (not

@@ -1,0 +1,15 @@
+"""Stage 2 side by side on one GPU: TorchTitan's online Flux trainer against ``python -m stage2_train``.
+
+    python -m bench.stage2 timed --variants bf16,fp8 --batch 32 --steps 300 --out R.jsonl   # + loss curves
+    python -m bench.stage2 timed --variants online --batch 32 --steps 12 --out R.jsonl
+    python -m bench.stage2 max-batch --variants bf16,fp8 --out R.jsonl                     # largest batch, timed
+    python -m bench.stage2 report R.jsonl [--out R.jsonl]   # table, speed-ups, FP8 fidelity, targets
+    python -m bench.stage2 timed --device cpu --variants online,bf16 --steps 3              # CPU smoke
+
+Every run is the trainer's own entry point under torchrun, one process per (variant, batch): Stage 2 with
+``configs/flux_schnell.toml`` plus command-line overrides, the stock trainer (``bench.stage2.online``)
+with ``bench/stage2/online.toml``. Figures come from the trainers' own metrics records (Stage 2's
+``[metrics] jsonl_file``), FLOPs per sample from ``stage2_train.flops``. Modules: ``variants`` (what
+each variant sets), ``inputs`` (tars, tokenizer, encoder configs, a Stage 1 dataset), ``runs`` (one
+torchrun), ``figures`` (records to figures), ``cli`` (the commands). See ``bench/results/`` for figures.
+"""

@@ -1,0 +1,3 @@
+from bench.stage2.cli import main
+
+raise SystemExit(main())

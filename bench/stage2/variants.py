@@ -1,0 +1,53 @@
+"""The variants the Stage 2 benchmark compares, as the command-line overrides each trainer takes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+AC_OVERRIDES = {
+    "none": ("--activation_checkpoint.mode", "none"),
+    "full": ("--activation_checkpoint.mode", "full"),
+    "every-other": ("--activation_checkpoint.mode", "selective", "--activation_checkpoint.selective_ac_option", "2"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    trainer: str  # "online" (TorchTitan's FluxTrainer, encoders in the loop) | "ours" (stage2_train)
+    ac: str  # a key of AC_OVERRIDES
+    compile_blocks: bool = True
+    float8: bool = False
+    description: str = ""
+
+    @property
+    def online(self) -> bool:
+        return self.trainer == "online"
+
+    def overrides(self) -> tuple[str, ...]:
+        compile_flag = "--compile.enable" if self.compile_blocks else "--compile.no-enable"
+        converters = ("--model.converters", "float8") if self.float8 else ()
+        return (*AC_OVERRIDES[self.ac], compile_flag, *converters)
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("online", "online", "full", compile_blocks=False,
+                description="TorchTitan's Flux trainer: T5-XXL/CLIP-L/AE (bf16) every step, its WebDataset loader, eager, full AC"),
+        Variant("online_compiled", "online", "full", description="the same with each transformer block compiled"),
+        Variant("bf16", "ours", "none", description="stage2_train, blocks compiled, no AC, bf16 autocast"),
+        Variant("fp8", "ours", "none", float8=True,
+                description="stage2_train, blocks compiled, no AC, float8 block linears (torchao tensorwise)"),
+        Variant("bf16_ac", "ours", "full", description="stage2_train, blocks compiled, full AC"),
+        Variant("bf16_eo", "ours", "every-other", description="stage2_train, blocks compiled, AC on every other block"),
+    )
+}  # fmt: skip
+
+
+def parse_variants(text: str) -> list[Variant]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return [VARIANTS[name] for name in names]

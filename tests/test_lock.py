@@ -1,0 +1,52 @@
+"""One pinned install: requirements/lock-cpu.txt pins every dependency of pyproject.toml at a version its
+specifier allows, and it is what this venv holds (scripts/setup.sh installs with it as constraints)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCK = REPO_ROOT / "requirements" / "lock-cpu.txt"
+
+
+def _pins() -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in LOCK.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), f"not an exact pin: {line!r}"
+            assert canonicalize_name(name) not in pins, f"pinned twice: {name}"
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def _project_requirements() -> list[Requirement]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = [req for group in project["optional-dependencies"].values() for req in group]
+    return [Requirement(req) for req in [*project["dependencies"], *extras]]
+
+
+def test_lock_pins_every_pyproject_dependency_within_its_specifier():
+    pins = _pins()
+    requirements = _project_requirements()
+    assert len(requirements) > 15
+    for req in requirements:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is in pyproject.toml but not pinned in {LOCK.name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{LOCK.name}: {req.name}=={pins[name]} violates {req}"
+
+
+def test_this_venv_holds_the_locked_versions():
+    """Local labels aside (2.13.0+cpu), every pinned package is installed at its pin."""
+    drift = {}
+    for name, version in _pins().items():
+        installed = Version(importlib.metadata.version(name))
+        if installed.public != str(version):
+            drift[name] = (str(version), str(installed))
+    assert drift == {}, f"(locked, installed): {drift}; run bash scripts/setup.sh"
