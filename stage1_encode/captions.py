@@ -25,7 +25,7 @@ def caption_text(data: bytes | None) -> str | SkipReason:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return SkipReason.CAPTION_NOT_UTF8
-    if not text.strip():
+    if not any(ch.isprintable() and not ch.isspace() for ch in text):  # whitespace, control characters
         return SkipReason.EMPTY_CAPTION
     return text
 

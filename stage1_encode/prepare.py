@@ -59,10 +59,12 @@ def _decode(raw: RawSample, policy: ImagePolicy) -> tuple[str, str, Cropped] | S
     caption = caption_text(raw.members.get("txt"))
     if isinstance(caption, SkipReason):
         return Skip(raw.key, caption)
-    image = raw.image()
-    if image is None:
+    images = raw.images()
+    if not images:
         return Skip(raw.key, SkipReason.MISSING_IMAGE)
-    cropped = decode_image(image[1], raw.key, policy)
+    if len(images) > 1:
+        return Skip(raw.key, SkipReason.SEVERAL_IMAGES)
+    cropped = decode_image(images[0], raw.key, policy)
     if isinstance(cropped, SkipReason):
         return Skip(raw.key, cropped)
     return raw.key, caption, cropped

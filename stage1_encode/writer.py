@@ -221,14 +221,16 @@ class WriterProcess:
         while self._conn.poll():  # collect what the writer said meanwhile (commits, freed buffers, errors)
             self._receive()
         self._raise()
-        self._conn.send(message)
+        try:
+            self._conn.send(message)
+        except ConnectionError:  # the writer is gone (BrokenPipeError, ConnectionResetError)
+            self._writer_died()
 
     def _receive(self) -> FromWriter:
         try:
             message = self._conn.recv()
-        except EOFError:
-            self._error = self._error or RuntimeError(f"store writer process died (exit code {self._process.exitcode})")
-            self._raise()
+        except (EOFError, ConnectionError):
+            self._writer_died()
         match message:
             case Freed(buffer):
                 self._free.append(buffer)
@@ -237,6 +239,11 @@ class WriterProcess:
             case Failed(errno, strerror, text):
                 self._error = self._error or (OSError(errno, strerror) if errno else RuntimeError(text))
         return message
+
+    def _writer_died(self) -> None:
+        self._process.join(timeout=5)
+        self._error = self._error or RuntimeError(f"store writer process died (exit code {self._process.exitcode})")
+        self._raise()
 
     def _raise(self) -> None:
         if self._error is not None:

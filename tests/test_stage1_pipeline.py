@@ -1,4 +1,4 @@
-"""Stage 1 end to end on the tiny assets: a corpus of bad inputs, identity refusal, missing assets, a task
+"""Stage 1 end to end on the tiny assets: identity refusal, missing assets, a task
 killed mid-store then rerun (bit-identical to an uninterrupted run), and a full disk."""
 
 import hashlib
@@ -10,13 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import zarr
 
 from shared import contract, heartbeat
 from shared.asset_loading import AssetsError
@@ -26,7 +23,6 @@ from stage1_encode.config import load_config
 from stage1_encode.dataset_setup import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
-from test_stage1_units import image_bytes
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -86,108 +82,21 @@ def fingerprint(store: Path) -> dict[str, str]:
     return out
 
 
-def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-# --------------------------------------------------------------------------- bad inputs
-
-# (member name -> bytes, expected): "ok" or the skip reason. Built lazily: images take a moment.
-def corpus_samples() -> list[tuple[dict[str, bytes], str]]:
-    jpeg = image_bytes("RGB", (400, 300))
-    cap = b"a red fox in the snow"
-
-    def pair(key: str, image: bytes, ext: str = "jpg", caption: bytes = cap) -> dict[str, bytes]:
-        return {f"{key}.{ext}": image, f"{key}.txt": caption}
-
-    return [
-        (pair("ok_rgb", jpeg), "ok"),
-        (pair("ok_gray", image_bytes("L", (300, 380))), "ok"),
-        (pair("ok_cmyk", image_bytes("CMYK", (420, 300))), "ok"),
-        (pair("ok_palette", image_bytes("P", (300, 300), "PNG"), "png"), "ok"),
-        (pair("ok_palette_alpha", image_bytes("P", (300, 330), "PNG", transparency=0), "png"), "ok"),
-        (pair("ok_16bit", image_bytes("I;16", (310, 300), "PNG"), "png"), "ok"),
-        (pair("ok_rgba", image_bytes("RGBA", (256, 300), "PNG"), "png"), "ok"),
-        (pair("ok_exif", image_bytes("RGB", (400, 300), orientation=6)), "ok"),
-        (pair("ok_jpeg_ext", jpeg, "jpeg"), "ok"),
-        (pair("ok_upper_ext", jpeg, "JPG"), "ok"),
-        (pair("ok_webp", image_bytes("RGB", (300, 300), "WEBP"), "webp"), "ok"),
-        (pair("ok_png_named_jpg", image_bytes("RGB", (300, 300), "PNG")), "ok"),
-        (pair("nested/dir/ok_nested", jpeg), "ok"),
-        (pair("ok_wide", image_bytes("RGB", (2600, 256))), "ok"),
-        (pair("ok_long_caption", jpeg, caption=("word " * 2000).encode()), "ok"),
-        (pair("bad_corrupt", os.urandom(5000)), "undecodable_image"),
-        (pair("bad_text_as_image", b"hello, I am not a picture"), "undecodable_image"),
-        (pair("bad_truncated_jpeg", jpeg[: len(jpeg) // 2]), "undecodable_image"),
-        ({"bad_no_caption.jpg": jpeg}, "missing_caption"),
-        ({"bad_no_image.txt": cap, "bad_no_image.json": b"{}"}, "missing_image"),
-        (pair("bad_empty_caption", jpeg, caption=b""), "empty_caption"),
-        (pair("bad_blank_caption", jpeg, caption=b" \n\t"), "empty_caption"),
-        (pair("bad_not_utf8", jpeg, caption=b"caf\xe9 \xff"), "caption_not_utf8"),
-        (pair("bad_empty_image", b""), "empty_image"),
-        (pair("bad_tiny", image_bytes("RGB", (200, 300))), "too_small"),
-        (pair("bad_thin", image_bytes("L", (10, 3000))), "too_small"),
-        (pair("bad_huge", image_bytes("L", (1100, 1000))), "too_large"),
-        (pair("bad_bomb", image_bytes("L", (1500, 1500))), "too_large"),
-        (pair("ok_rgb", jpeg), "duplicate_key"),
-    ]
-
-
-def write_corpus(directory: Path) -> tuple[list[str], Counter]:
-    """corpus.tar (every bad kind among good samples), truncated.tar, empty.tar; -> valid keys, skips."""
-    directory.mkdir()
-    samples = corpus_samples()
-    with tarfile.open(directory / "corpus.tar", "w") as tar:
-        for members, _ in samples:
-            for name, data in members.items():
-                add(tar, name, data)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for i in range(4):
-            add(tar, f"t{i}.jpg", image_bytes("RGB", (300 + i, 300)))
-            add(tar, f"t{i}.txt", b"caption %d" % i)
-    data = buf.getvalue()
-    (directory / "truncated.tar").write_bytes(data[: data.index(b"t3.jpg") + 1500])  # inside t3.jpg
-    (directory / "empty.tar").write_bytes(b"")
-    valid = [next(iter(m)).rsplit(".", 1)[0] for m, expected in samples if expected == "ok"]
-    skips = Counter(expected for _, expected in samples if expected != "ok")
-    return valid, skips + Counter(truncated_tar=2)
+# --------------------------------------------------------------------------- refusals
 
 
 @pytest.fixture(scope="module")
-def corpus_run(tiny_assets, tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    valid, skips = write_corpus(root / "tars")
-    config = load_config(TINY_CONFIG, [("workers.decode", "0"), ("image.max_pixels", "1000000")])
-    log = io.StringIO()
-    summary = run_task(config, Task(str(root / "tars"), root / "ds", tiny_assets), out=log)
-    return root / "ds", summary, valid, skips, log.getvalue()
+def encoded(tiny_assets, tmp_path_factory):
+    """A small dataset encoded in-process (bad inputs: tests/bad_inputs.py, run by tests/reliability)."""
+    root = tmp_path_factory.mktemp("encoded")
+    write_sample_tars(root / "tars", shards=1, per_shard=4)
+    config = load_config(TINY_CONFIG, [("workers.decode", "0")])
+    run_task(config, Task(str(root / "tars"), root / "ds", tiny_assets), out=io.StringIO())
+    return root / "ds"
 
 
-def test_every_bad_input_is_counted_and_every_good_one_kept(corpus_run):
-    dataset, summary, valid, skips, log = corpus_run
-    assert summary.skipped == dict(skips), log
-    assert summary.samples == len(valid) + 3 and summary.stores_committed == 3
-    stores = verified_stores(dataset)
-    assert stores["corpus.zarr"].skipped == dict(skips - Counter(truncated_tar=2))
-    assert stores["truncated.zarr"].skipped == {"truncated_tar": 1}
-    assert stores["empty.zarr"].skipped == {"truncated_tar": 1} and stores["empty.zarr"].num_samples == 0
-    group = zarr.open_group(contract.shards_dir(dataset) / "corpus.zarr", mode="r")
-    keys = list(group["key"][:])
-    assert keys == valid
-    row = {k: i for i, k in enumerate(keys)}
-    assert len(list(group["caption"][:])[row["ok_long_caption"]]) == 10_000
-    assert list(group["original_size"][row["ok_exif"]]) == [300, 400]  # EXIF rotation applied
-    assert list(group["original_size"][row["ok_wide"]]) == [2600, 256]
-    truncated = zarr.open_group(contract.shards_dir(dataset) / "truncated.zarr", mode="r")
-    assert list(truncated["key"][:]) == ["t0", "t1", "t2"]
-    assert "done:" in log and "skipped {" in log
-
-
-def test_a_dataset_with_another_identity_is_refused(corpus_run, tiny_assets):
-    dataset = corpus_run[0]
+def test_a_dataset_with_another_identity_is_refused(encoded, tiny_assets):
+    dataset = encoded
     before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
     config = load_config(TINY_CONFIG, [("workers.decode", "0"), ("storage.dtype", "bfloat16")])
     with pytest.raises(Stage1Error, match="encoded with another identity") as exc:

@@ -1,8 +1,9 @@
 """Reliability suite: shared tally of trials/kinds and the one summary line printed at the end.
 
 Tests record what they tried through the ``tally`` fixture; ``pytest_terminal_summary`` prints e.g.
-``reliability: stage1 kill trials 20/20 ok, ..., failures 0``. A trial counts as ok only once every
-assertion about it passed, so a failing test shows up both as a failure and as a missing ok.
+``reliability: stage1 kill trials 4/4 ok, ..., bad-input kinds 24/24 ok, valid controls 21/21 ok, ...,
+failures 0``. A trial counts as ok only once every assertion about it passed, so a failing test shows
+up both as a failure and as a missing ok.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ HF_TOKEN_CANARY = "hf_reliabilityCanary7Qz3xW9"
 
 _TALLY_KEY = pytest.StashKey["Tally"]()
 _ORDER = ("stage1 kill trials", "stage1 slurm trials", "stage1 same-tar races", "stage1 full-disk trials",
-          "stage2 kill trials", "stage2 corrupt-store trials", "bad-input kinds", "security checks")
+          "stage2 kill trials", "stage2 corrupt-store trials", "bad-input kinds", "valid controls",
+          "security checks")
 
 
 class Tally:

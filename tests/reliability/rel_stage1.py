@@ -1,8 +1,10 @@
 """Stage 1 helpers for the reliability suite (no tests here): one tiny tar set, the clean reference run
-and the checks every fault-injection trial ends with. Builds on tests/test_stage1_pipeline.py."""
+the checks every fault-injection trial ends with, and how to find the task's processes and the stage of
+its temporary store. Builds on tests/test_stage1_pipeline.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +15,11 @@ from pathlib import Path
 from shared import contract
 from shared.store import verify_store
 from test_stage1_pipeline import TINY_CONFIG, fingerprint, run_cli, verified_stores
+from test_stage2_train import _descendants
 
-# Small Zarr shards so a kill often lands between two shard writes of one store; no decode worker
-# process (one fewer process start per run on a 2-core machine).
-OVERRIDES = ("--storage.samples_per_shard", "2", "--workers.decode", "0")
+# Small Zarr shards (several shard writes per store); the production process layout: decode worker
+# processes (two, so that killing one leaves another) and one store-writer process per store in flight.
+OVERRIDES = ("--storage.samples_per_shard", "2", "--workers.decode", "2")
 SHARDS, PER_SHARD = 2, 8
 
 
@@ -83,7 +86,49 @@ def make_reference(tars: Path, dataset: Path, assets: Path) -> Reference:
 
 def kill_group(proc: subprocess.Popen) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # stopped (frozen) processes die too
     except ProcessLookupError:
         pass
     proc.wait(timeout=60)
+
+
+def _reads(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def writer_processes(task_pid: int) -> list[int]:
+    """The task's store-writer processes: spawned children that map its shared batch buffers."""
+    return [pid for pid in _descendants(task_pid)
+            if "spawn_main" in _reads(f"/proc/{pid}/cmdline") and "/dev/shm/stage1enc_" in _reads(f"/proc/{pid}/maps")]
+
+
+def decode_workers(task_pid: int) -> list[int]:
+    """The task's decode worker processes: spawned children that are neither writers nor the resource tracker."""
+    writers = set(writer_processes(task_pid))
+    return [pid for pid in _descendants(task_pid) if pid not in writers
+            and "spawn_main" in (cmd := _reads(f"/proc/{pid}/cmdline")) and "resource_tracker" not in cmd]
+
+
+def temporary_stage(dataset: Path) -> str | None:
+    """What the newest temporary store shows: "writing" (shard files, no commit attributes yet),
+    "committing" (its root metadata holds the store attributes ``commit`` writes before verify, fsync
+    and rename), or None (no temporary, or one without any shard file yet)."""
+    stages = []
+    for tmp in contract.temporary_store_paths(dataset):
+        try:
+            attrs = json.loads((tmp / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            continue
+        if "num_samples" in attrs:
+            stages.append("committing")
+        elif any(p.is_file() and "/c/" in str(p) for p in tmp.rglob("*")):
+            stages.append("writing")
+    return "committing" if "committing" in stages else (stages[0] if stages else None)
+
+
+def freeze(proc: subprocess.Popen) -> None:
+    """SIGSTOP the task's whole process group: what a test reads next is the state at the kill."""
+    os.killpg(proc.pid, signal.SIGSTOP)

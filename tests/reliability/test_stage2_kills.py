@@ -1,6 +1,7 @@
-"""Stage 2 fault injection: SIGKILL at random steps, resubmit, and the resumed run continues from the
-last complete checkpoint with exactly the uninterrupted run's samples and losses; a store damaged on
-disk stops training with the store named, or is skipped when configured, and is never trained on."""
+"""Stage 2 fault injection: SIGKILL at random steps and once during a checkpoint save, resubmit, and the
+resumed run continues from the last complete checkpoint with exactly the uninterrupted run's samples and
+losses; a store damaged on disk stops training with the store named, or is skipped when configured, and
+is never trained on."""
 
 from __future__ import annotations
 
@@ -166,3 +167,63 @@ def test_store_damaged_on_disk_is_never_trained_on(mode, dataset, tmp_path, tall
         assert "skipping unreadable data (stage2.on_corrupt = skip; 1 skipped so far)" in text
         assert len(trained) == 16 - len(bad) and set(trained) == set(range(16)) - bad  # 4 steps = one epoch
     tally.passed("stage2 corrupt-store trials")
+
+
+def _partial_checkpoint(dump: Path, after: int) -> Path | None:
+    """A step folder (past step ``after``) that DCP is still writing: present, without the ``.metadata``
+    written last."""
+    folder = dump / "checkpoint"
+    if not folder.is_dir():
+        return None
+    partial = [p for p in folder.glob("step-*") if int(p.name.split("-")[1]) > after and not (p / ".metadata").exists()]
+    return partial[0] if partial else None
+
+
+def _signal_all(proc: subprocess.Popen, sig: int) -> None:
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def test_sigkill_during_a_checkpoint_save_resumes_from_the_previous_one(dataset, reference, tmp_path, tally):
+    """SIGKILL while TorchTitan's DCP save is in progress: caught by a step folder without its
+    ``.metadata``, checked again with every process frozen (SIGSTOP). The resubmitted run must ignore
+    that partial checkpoint, start after the newest complete one, and reach the reference's losses."""
+    tally.trial("stage2 kill trials")
+    dump = tmp_path / "dump"
+    ledger = dump / "ledger" / "rank_0.jsonl"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(torchrun_command(1, dataset, dump, *COMMON), cwd=REPO_ROOT, env=torchrun_env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        partial = None
+        while proc.poll() is None and partial is None:
+            assert time.monotonic() < deadline, "stage 2 run hung"
+            if (candidate := _partial_checkpoint(dump, after=2 * INTERVAL)) is not None:  # older ones complete
+                _signal_all(proc, signal.SIGSTOP)
+                if candidate.is_dir() and not (candidate / ".metadata").exists():
+                    partial = candidate
+                else:
+                    _signal_all(proc, signal.SIGCONT)  # the save finished before the freeze: wait for the next
+            time.sleep(0.0005)
+        _signal_all(proc, signal.SIGKILL)
+        proc.wait()
+    assert partial is not None, "no checkpoint save was caught in progress before the run ended"
+    partial_step = int(partial.name.split("-")[1])
+    complete = _complete_checkpoints(dump)
+    assert partial_step not in complete and complete and all(s < partial_step for s in complete), (partial_step, complete)
+    expected_start = (max(complete) if complete else 0) + 1
+    before = len(_records(ledger))
+    result = subprocess.run(torchrun_command(1, dataset, dump, *COMMON), cwd=REPO_ROOT, env=torchrun_env(),
+                            capture_output=True, text=True, timeout=300)
+    text = _save(result, tmp_path / "resumed.log")
+    assert result.returncode == 0, text[-6000:]
+    assert _start_step(text) == expected_start, (partial_step, complete, text[-3000:])
+    new = _records(ledger)[before:]
+    assert [r["step"] for r in new] == list(range(expected_start, STEPS + 1))
+    _same_as_reference(new, reference)
+    tally.notes.append(f"stage2 kill during the save of step {partial_step} (no .metadata yet): resumed at "
+                       f"step {expected_start}, losses equal to the uninterrupted run's")
+    tally.passed("stage2 kill trials")
