@@ -17,8 +17,9 @@ step() { echo "setup_cluster: $*"; }
 die() { echo "setup_cluster: $*" >&2; exit 1; }
 
 assets="" torch_index="https://download.pytorch.org/whl/cu126" python=python3 fetch=1
-TORCH_SPEC="${TORCH_SPEC:-torch>=2.11,<2.15}"
 CONSTRAINTS="${CONSTRAINTS:-requirements/lock-cpu.txt}"
+# The lock's torch, as the CUDA build of that wheel index (the lock's other pins then agree with it).
+TORCH_SPEC="${TORCH_SPEC:-$(grep -sE '^torch==' "$CONSTRAINTS" || echo 'torch>=2.11,<2.15')}"
 while (($#)); do
     case "$1" in
         --assets) assets="$2"; shift 2 ;;

@@ -74,7 +74,7 @@ def test_one_block_against_counted_matmuls(flavor, linear_rtol, kind):
 
 
 BENCHMARK_4X8 = dataclasses.replace(FLAVORS["flux-schnell"], depth=4, depth_single_blocks=8)
-"""bench/stage2_train.py's reduced-depth model, whose MFU the README reports."""
+"""The reduced-depth model of the H100 Stage 2 figures (bench/results/stage2_train_h100.jsonl)."""
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,23 @@ def _pins() -> dict[str, Version]:
     return pins
 
 
+def _project() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+
+
 def _project_requirements() -> list[Requirement]:
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    extras = [req for group in project["optional-dependencies"].values() for req in group]
-    return [Requirement(req) for req in [*project["dependencies"], *extras]]
+    """What the CPU lock covers: the dependencies and the test extra (setup.sh installs ``.[test]``)."""
+    project = _project()
+    return [Requirement(req) for req in [*project["dependencies"], *project["optional-dependencies"]["test"]]]
+
+
+def test_gpu_only_extras_pin_exact_versions():
+    """Extras the CPU lock cannot hold (``fp8``: torchao, for Hopper GPUs) pin their own exact version."""
+    gpu_extras = {name: group for name, group in _project()["optional-dependencies"].items() if name != "test"}
+    assert "fp8" in gpu_extras
+    for group in gpu_extras.values():
+        for req in map(Requirement, group):
+            assert [spec.operator for spec in req.specifier] == ["=="], f"{req} is not an exact pin"
 
 
 def test_lock_pins_every_pyproject_dependency_within_its_specifier():

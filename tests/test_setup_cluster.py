@@ -26,7 +26,7 @@ def test_cpu_setup_installs_and_prints_the_next_three_commands(tmp_path):
     result = run("--assets", str(assets), "--cpu", "--skip-fetch")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "torch (torch>=2.11,<2.15) from https://download.pytorch.org/whl/cpu" in out
+    assert "torch (torch==2.13.0) from https://download.pytorch.org/whl/cpu" in out  # the lock's torch
     assert "CUDA build None" in out
     assert f"weights: skipped (--skip-fetch); later: HF_TOKEN=… .venv/bin/python -m shared.assets fetch --out {assets}" in out
     nexts = [line.strip() for line in out.splitlines() if line.strip()[:3] in ("1. ", "2. ", "3. ")]
