@@ -24,6 +24,7 @@ from torchtitan.config import JobConfig
 from torchtitan.models.flux.model.autoencoder import AutoEncoder
 from torchtitan.tools.logging import logger
 
+from shared import contract
 from shared.contract import Identity
 from shared.inspection.grid import ae_assets_dir, decode_latents, grid_image, load_dataset_ae
 from stage2_train.prompt_set import PromptSet
@@ -64,8 +65,8 @@ class ImageSampler:
         if self.guided:
             n = len(self.mine)
             empty = (
-                self.prompt_set.empty["t5"].to(device).expand(n, -1, -1),
-                self.prompt_set.empty["clip"].to(device).expand(n, -1),
+                self.prompt_set.empty[contract.T5].to(device).expand(n, -1, -1),
+                self.prompt_set.empty[contract.CLIP].to(device).expand(n, -1),
             )
         with context():
             latents = denoise(model, noise, t5, clip, self.steps, empty, self.guidance_scale).float()

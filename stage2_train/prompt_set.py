@@ -45,4 +45,4 @@ def load_prompt_set(root: str | Path, training: Identity, count: int) -> PromptS
         return torch.stack([torch_storage.from_storage(row[name], identity.storage_dtype) for row in rows]).float()
 
     empty = {name: tensor.float() for name, tensor in load_empty_prompt(root, identity).items()}
-    return PromptSet([str(row["prompt"]) for row in rows], stacked("t5"), stacked("clip"), empty)
+    return PromptSet([str(row["prompt"]) for row in rows], stacked(contract.T5), stacked(contract.CLIP), empty)

@@ -20,6 +20,8 @@ import torch
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 from torchtitan.models.flux.utils import create_position_encoding_for_latents, pack_latents
 
+from shared import contract
+
 POSITION_DIM = 3
 """Flux's position ids are (0, row, column)."""
 
@@ -62,8 +64,8 @@ def drop_prompts(
     """Replace each sample's T5 and (independently) CLIP encoding by the empty prompt's with probability
     ``prob``. Always draws, so the generator's stream does not depend on ``prob``."""
     drop = torch.rand((t5.shape[0], 2), generator=generator, device=t5.device) < prob
-    t5 = torch.where(drop[:, 0, None, None], empty_prompt["t5"], t5)
-    clip = torch.where(drop[:, 1, None], empty_prompt["clip"], clip)
+    t5 = torch.where(drop[:, 0, None, None], empty_prompt[contract.T5], t5)
+    clip = torch.where(drop[:, 1, None], empty_prompt[contract.CLIP], clip)
     return t5, clip
 
 
@@ -101,10 +103,10 @@ def flow_matching_batch(
     """Stored encodings of a batch (``t5``, ``clip``, ``ae_mean``, ``ae_logvar``, on the device) -> model inputs."""
     x = {name: tensor.float() for name, tensor in inputs.items()}
     empty = {name: tensor.float() for name, tensor in empty_prompt.items()}
-    x0 = sample_latents(x["ae_mean"], x["ae_logvar"], ae, generator)
+    x0 = sample_latents(x[contract.AE_MEAN], x[contract.AE_LOGVAR], ae, generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     timesteps = torch.rand((x0.shape[0],), generator=generator, device=x0.device)
-    t5, clip = drop_prompts(x["t5"], x["clip"], empty, dropout_prob, generator)
+    t5, clip = drop_prompts(x[contract.T5], x[contract.CLIP], empty, dropout_prob, generator)
     return flow_matching_inputs(x0, noise, timesteps, t5, clip)
 
 

@@ -25,6 +25,7 @@ from torchtitan.config import JobConfig
 from torchtitan.distributed import utils as dist_utils
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 
+from shared import contract
 from stage2_train.data import PrecomputedDataset, collate, loader_options
 from stage2_train.step import FlowMatchingBatch, flow_matching_inputs, latents_from_moments, mixed_seed
 
@@ -62,18 +63,18 @@ def validation_batch(
 ) -> FlowMatchingBatch:
     """Stored encodings of validation ``samples`` (global indices; tensors on the device) -> model inputs."""
     x = {name: tensor.float() for name, tensor in inputs.items()}
-    device = x["ae_mean"].device
+    device = x[contract.AE_MEAN].device
     if all_timesteps:
         rows = torch.arange(len(samples)).repeat_interleave(len(STRATIFIED_TIMESTEPS))
         timestep_ids = torch.arange(len(STRATIFIED_TIMESTEPS)).repeat(len(samples))
     else:
         rows = torch.arange(len(samples))
         timestep_ids = samples.cpu() % len(STRATIFIED_TIMESTEPS)
-    eps, noise = fixed_draws(seed, samples.cpu()[rows].tolist(), timestep_ids.tolist(), x["ae_mean"].shape[1:])
+    eps, noise = fixed_draws(seed, samples.cpu()[rows].tolist(), timestep_ids.tolist(), x[contract.AE_MEAN].shape[1:])
     rows = rows.to(device)
-    x0 = latents_from_moments(x["ae_mean"][rows], x["ae_logvar"][rows], ae, eps.to(device))
+    x0 = latents_from_moments(x[contract.AE_MEAN][rows], x[contract.AE_LOGVAR][rows], ae, eps.to(device))
     timesteps = torch.tensor(STRATIFIED_TIMESTEPS, device=device)[timestep_ids.to(device)]
-    return flow_matching_inputs(x0, noise.to(device), timesteps, x["t5"][rows], x["clip"][rows])
+    return flow_matching_inputs(x0, noise.to(device), timesteps, x[contract.T5][rows], x[contract.CLIP][rows])
 
 
 class ValidationLoss:
