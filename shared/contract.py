@@ -42,13 +42,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
 
 SCHEMA_VERSION = 1
 """Bump when the layout or the meaning of an array changes; readers refuse other versions."""
@@ -270,17 +268,13 @@ TRUNCATED_TAR_SKIP = "truncated_tar"
 """The skip reason a store records (once) when its source tar broke off."""
 
 
-FINGERPRINT_SPAN = 2**20
-"""Bytes hashed at each end of a source tar: two ranged reads, yet a replaced or cut copy differs."""
-
-
 @dataclass(frozen=True)
 class SourceFingerprint:
     """What a store was made from, so a rerun re-encodes a store whose source tar was replaced.
 
     ``digest`` is the listing's own content tag where the filesystem gives one (``etag:``, the Hub's
-    LFS SHA-256 as ``sha256:``) and otherwise ``ends:`` + SHA-256 of the first and last
-    ``FINGERPRINT_SPAN`` bytes: cheap, and independent of mtimes, which copies do not keep.
+    LFS SHA-256 as ``sha256:``) and otherwise ``ends:`` + SHA-256 of the first and last MiB: cheap,
+    and independent of mtimes, which copies do not keep.
     """
 
     size: int
@@ -288,16 +282,6 @@ class SourceFingerprint:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def fingerprint_of_file(f: IO[bytes], size: int) -> SourceFingerprint:
-    """``ends:`` fingerprint of a seekable binary file of ``size`` bytes."""
-    h = hashlib.sha256()
-    h.update(f.read(FINGERPRINT_SPAN))
-    if size > FINGERPRINT_SPAN:
-        f.seek(max(FINGERPRINT_SPAN, size - FINGERPRINT_SPAN))
-        h.update(f.read(FINGERPRINT_SPAN))
-    return SourceFingerprint(size, "ends:" + h.hexdigest())
 
 
 @dataclass
@@ -431,34 +415,6 @@ def read_store_attrs(store: str | os.PathLike) -> StoreAttrs:
     """Read a store's root attributes straight from its ``zarr.json`` (fast: one small file)."""
     meta = json.loads((Path(store) / "zarr.json").read_text())
     return StoreAttrs.from_dict(meta.get("attributes", {}))
-
-
-# --------------------------------------------------------------------------- values
-
-
-def checksum_update(hasher: "hashlib._Hash", values: np.ndarray) -> None:
-    """Feed one block of an array (in sample order) into its running checksum.
-
-    Numeric arrays hash their C-order bytes; string arrays hash each UTF-8 string with its length,
-    so the checksum of an array equals that of its blocks fed in order.
-    """
-    if values.dtype.kind in "OUT":
-        for s in values.reshape(-1).tolist():
-            b = str(s).encode("utf-8")
-            hasher.update(len(b).to_bytes(8, "little"))
-            hasher.update(b)
-    else:
-        hasher.update(np.ascontiguousarray(values).data)  # the array's own bytes, not a copy
-
-
-def checksum(values: np.ndarray) -> str:
-    h = hashlib.sha256()
-    checksum_update(h, values)
-    return "sha256:" + h.hexdigest()
-
-
-def shard_count(num_samples: int, samples_per_shard: int) -> int:
-    return math.ceil(num_samples / samples_per_shard) if num_samples else 0
 
 
 def _fsync_file(path: Path) -> None:

@@ -12,6 +12,7 @@ digest, shard files present) and returns samples as numpy arrays.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -23,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from shared import contract
+from shared import checksums, contract
 from shared.contract import ArraySpec, ContractError, Identity, StoreAttrs
 
 
@@ -123,7 +124,7 @@ class StoreWriter:
         for name, block in blocks.items():
             if self.specs[name].is_tensor and not _all_finite(block, self.identity.storage_dtype):
                 raise ContractError(f"{name}: non-finite values in samples {start}..{stop - 1} of {self.source}")
-            contract.checksum_update(self._hashers[name], block)
+            checksums.checksum_update(self._hashers[name], block)
 
     def commit(
         self, skipped: dict[str, int], truncated_at_byte: int | None = None, text_store: dict[str, str] | None = None
@@ -242,7 +243,7 @@ def verify_store(
                 block = array[start : start + attrs.samples_per_shard]
                 if spec.is_tensor and not _all_finite(block, identity.storage_dtype):
                     problems.append(f"{name}: non-finite values in {_samples(start, attrs)}")
-                contract.checksum_update(hasher, block)
+                checksums.checksum_update(hasher, block)
                 if on_block is not None:
                     on_block(name, block)
         except Exception as exc:
@@ -342,7 +343,7 @@ def _dtype_matches(dtype: np.dtype, spec: ArraySpec) -> bool:
 def _missing_shard_files(store: Path, array: zarr.Array, spec: ArraySpec, attrs: StoreAttrs) -> list[str]:
     if spec.dtype == "str":
         return []
-    count = contract.shard_count(attrs.num_samples, attrs.samples_per_shard)
+    count = shard_count(attrs.num_samples, attrs.samples_per_shard)
     return [str(i) for i in range(count) if not _shard_file(store, array, i).is_file()]
 
 
@@ -370,3 +371,7 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def shard_count(num_samples: int, samples_per_shard: int) -> int:
+    return math.ceil(num_samples / samples_per_shard) if num_samples else 0

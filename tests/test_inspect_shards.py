@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchtitan.models.flux.model.autoencoder import AutoEncoder, AutoEncoderParams
 
-from shared import contract, torch_storage
+from shared import checksums, contract, torch_storage
 from shared.contract import Identity
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.inspection import grid, report, samples, summary, verify
@@ -76,8 +76,8 @@ def rewrite_array(store: Path, name: str, values: np.ndarray) -> None:
     consistently, which only value checks can catch."""
     array = zarr.open_array(store / name, mode="r+").with_config({"write_empty_chunks": True})
     array[:] = values
-    checksums = contract.read_store_attrs(store).checksums | {name: contract.checksum(values)}
-    set_attrs(store, checksums=checksums)
+    recorded = contract.read_store_attrs(store).checksums | {name: checksums.checksum(values)}
+    set_attrs(store, checksums=recorded)
 
 
 def heartbeat(dataset: Path, index: int, sources: list[str], state: str, age_s: float, **extra) -> None:

@@ -2,7 +2,7 @@
 (``--trainer-args '--profiling.enable_profiling --profiling.profile_freq N'``; TorchTitan writes
 ``<dump>/profile_trace/iteration_N/rank0_trace.json``).
 
-    python -m bench.stage2.trace TRACE.json [--top 12]
+    python -m bench.stage2.trace_summary TRACE.json [--top 12]
 
 Prints the step's wall time, the GPU's busy time (union of kernel intervals) and idle share, kernel time
 by kind (name patterns below) and the GPU time of the trainer's annotated ranges (optimizer step, …).
