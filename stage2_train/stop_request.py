@@ -11,10 +11,11 @@ file write ``<stop_file>.stopped`` holding the step, and the batch shell requeue
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +32,18 @@ def ignore_sigterm(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: torchrun and Slurm signal whole process groups, and a worker dying
     of SIGTERM would fail its rank before the agreed stop; the loader ends its workers itself."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_daemonic_children() -> None:
+    """At interpreter exit multiprocessing terminates daemonic children (SIGTERM) and then joins them:
+    workers that ignore SIGTERM, still alive because a loader's iterator was never closed, would keep
+    the process from exiting. End them first (atexit runs this before multiprocessing's own hook)."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_daemonic_children)
 
 
 class StopRequest:

@@ -8,6 +8,8 @@ import dataclasses
 import itertools
 import math
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -118,6 +120,21 @@ def _heartbeat(dataset: Path, task: int, stores: list[int], state: str) -> None:
     now = time.time()
     sources = [f"synthetic-{i:04d}.zarr" for i in stores]
     write_heartbeat(dataset, Heartbeat(task, 2, sources, state, now - 60, now))
+
+
+def test_a_process_with_an_open_loader_still_exits(dataset):
+    """The loader's workers ignore SIGTERM (an agreed stop must not lose them), and multiprocessing ends
+    daemonic children at exit with SIGTERM: an iterator left open must not hang the interpreter's exit."""
+    script = (
+        "from stage2_train.data import build_precomputed_dataloader\n"
+        "from test_stage2_helpers import parse_job_config\n"
+        f"config = parse_job_config('--training.dataset_path', {str(dataset)!r}, '--training.dataloader.num_workers', '2')\n"
+        "batches = iter(build_precomputed_dataloader(1, 0, config))\n"
+        "next(batches)\n"
+    )
+    env = {"PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_new_run_on_unfinished_dataset_is_refused_naming_the_missing_tars(dataset, tmp_path, capsys):
