@@ -1,0 +1,77 @@
+"""T5-XXL's encoder with fewer, larger matmuls: the same weights and the same math as HF's ``T5EncoderModel``.
+
+Stage 1 spends most of its GPU time in T5. HF's encoder runs q, k and v as three matmuls and the gated
+feed-forward's two input projections as two; here each group is one matmul over the concatenated
+weights, and attention is one ``scaled_dot_product_attention`` call with T5's relative position bias as
+its additive mask (no scaling, as T5). Layer norms, the activation, the bias buckets and the residual
+order are HF's own modules and code, so only the summation order inside the fused matmuls and attention
+can differ: outputs agree with HF's to the rounding of the compute dtype, not bit for bit
+(``tests/test_t5_fused.py`` bounds the difference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FusedT5Encoder(nn.Module):
+    """int tokens [B, L] -> ``last_hidden_state`` [B, L, d_model] of a HF ``T5EncoderModel`` (no attention mask,
+    as TorchTitan calls it). Takes the model's parameters over; the HF module should be dropped afterwards."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        config = hf_model.config
+        if not config.is_gated_act:
+            raise ValueError("FusedT5Encoder expects T5 v1.1's gated feed-forward (FLUX's T5-XXL)")
+        stack = hf_model.encoder
+        self.heads, self.head_dim = config.num_heads, config.d_kv
+        self.embed_tokens = stack.embed_tokens
+        self.position_bias = stack.block[0].layer[0].SelfAttention  # owns relative_attention_bias and compute_bias
+        self.layers = nn.ModuleList(_FusedBlock(block, self.heads, self.head_dim) for block in stack.block)
+        self.final_layer_norm = stack.final_layer_norm
+
+    @property
+    def dim(self) -> int:
+        return self.embed_tokens.embedding_dim
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(tokens)
+        length = tokens.shape[1]
+        bias = self.position_bias.compute_bias(length, length, device=hidden.device).to(hidden.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden, bias)
+        return self.final_layer_norm(hidden)
+
+
+class _FusedBlock(nn.Module):
+    def __init__(self, block: nn.Module, heads: int, head_dim: int) -> None:
+        super().__init__()
+        attention, ff = block.layer[0], block.layer[1]
+        self.heads, self.head_dim = heads, head_dim
+        self.attention_norm = attention.layer_norm
+        self.qkv = _fused_linear(attention.SelfAttention.q, attention.SelfAttention.k, attention.SelfAttention.v)
+        self.out = attention.SelfAttention.o
+        self.ff_norm = ff.layer_norm
+        dense = ff.DenseReluDense
+        self.wi = _fused_linear(dense.wi_0, dense.wi_1)
+        self.act = dense.act
+        self.wo = dense.wo
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        qkv = self.qkv(self.attention_norm(hidden)).view(batch, length, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        hidden = hidden + self.out(attended.transpose(1, 2).reshape(batch, length, -1))
+        gate, linear = self.wi(self.ff_norm(hidden)).chunk(2, dim=-1)
+        return hidden + self.wo(self.act(gate) * linear)
+
+
+def _fused_linear(*linears: nn.Linear) -> nn.Linear:
+    """One bias-free linear whose output is the given ones' outputs side by side."""
+    weight = torch.cat([linear.weight for linear in linears])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
