@@ -10,9 +10,13 @@ import sys
 import pytest
 
 from bench.stage2.figures import SMOOTHING_STEPS, fidelity
+from shared.contract import read_identity
+from stage2_train.flavors import FLAVORS, LATENT_PATCH
+from stage2_train.flops import flux_training_flops_per_sample, image_tokens
 from test_stage2_helpers import REPO_ROOT, torchrun_env
 
 STEPS = 3
+TEXT_TOKENS = 256
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -34,6 +38,55 @@ def test_cpu_smoke_times_both_trainers_and_reports(tmp_path):
     report = _bench("report", str(out), "--batch", "4")
     assert report.returncode == 0, report.stderr[-4000:]
     assert "bf16_vs_online_equal_batch" in report.stdout
+
+
+def _tiny_flops(image_size: int, nparams: int) -> int:
+    args = FLAVORS["flux-tiny"]
+    return flux_training_flops_per_sample(args, nparams, image_tokens(image_size, args.autoencoder_params, LATENT_PATCH) + TEXT_TOKENS)
+
+
+def test_cpu_smoke_at_512_px_runs_both_trainers_at_that_size(tmp_path):
+    """Stage 2 refuses a dataset whose identity's image_size differs from training.img_size, so its run
+    finishing shows both got 512; the online trainer's command line must carry it too."""
+    out, work = tmp_path / "figures.jsonl", tmp_path / "work"
+    smoke = ("--device", "cpu", "--steps", "2", "--warmup", "1", "--samples", "8", "--batch", "2", "--compile-backend", "eager")
+    result = _bench("timed", "--image-size", "512", "--variants", "online,bf16", *smoke, "--workdir", str(work), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    figures = {r["figure"]: r for r in records}
+    assert {r["image_size"] for r in records} == {512}
+    nparams = records[0]["params"]
+    assert {r["flops_per_sample"] for r in records} == {_tiny_flops(512, nparams)}
+    assert _tiny_flops(512, nparams) > _tiny_flops(256, nparams)
+    for variant in ("online", "bf16"):
+        assert figures[f"{variant}.samples_per_s_per_gpu"]["value"] > 0
+        assert "--training.img_size 512" in (work / "logs" / f"{variant}-512px-b2.log").read_text().splitlines()[0]
+    # TorchTitan's loader skips images smaller than 512 px: the scaled tars lose one sample in eight
+    # (the generator's too-small ones; 2 steps x 2 samples read fewer than 8), unscaled ones nearly all.
+    assert (work / "logs" / "online-512px-b2.log").read_text().count("Low quality image") <= 1
+    assert read_identity(work / "data" / "stage1-flux-tiny-512px-8").image_size == 512
+
+
+def test_report_compares_runs_of_one_image_size_only(tmp_path):
+    """Figures without image_size (written before it was recorded) are 256 px; each size gets its own
+    section, and a speed-up never divides a 512 px run by a 256 px one."""
+    context = {"benchmark": "stage2_train", "device": "D", "flavor": "f", "params": 1, "peak_flops": 1.0, "torch": "t", "commit": "c", "date": "d"}
+    runs = [(None, "online", 10.0), (None, "bf16", 30.0), (512, "online", 2.0), (512, "bf16", 8.0)]
+    metrics = {"samples_per_s_per_gpu": None, "mfu": 1.0, "peak_memory_reserved": 1.0, "data_wait_share": 0.0}
+    lines = [context | {"figure": f"{variant}.{metric}", "value": sps if value is None else value, "variant": variant, "batch": 4,
+                        "flops_per_sample": 4 if size else 1} | ({"image_size": size} if size else {})
+             for size, variant, sps in runs for metric, value in metrics.items()]  # fmt: skip
+    path = tmp_path / "figures.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    derived = tmp_path / "derived.jsonl"
+    result = _bench("report", str(path), "--batch", "4", "--out", str(derived))
+    assert result.returncode == 0, result.stderr[-4000:]
+    sections = result.stdout.split("Stage 2 on D: ")[1:]
+    assert [s.split(",")[0] for s in sections] == ["f at 256 px", "f at 512 px"]
+    assert "bf16_vs_online_equal_batch                     3.00x" in sections[0]
+    assert "bf16_vs_online_equal_batch                     4.00x" in sections[1]
+    speedups = {r["image_size"]: r["value"] for r in map(json.loads, derived.read_text().splitlines()) if r["figure"] == "speedup.bf16_vs_online_equal_batch"}
+    assert speedups == {256: 3.0, 512: 4.0}
 
 
 def test_fidelity_compares_smoothed_losses_step_by_step():

@@ -5,6 +5,7 @@
     python -m bench.stage2 max-batch --variants bf16,fp8 --out R.jsonl                     # largest batch, timed
     python -m bench.stage2 report R.jsonl [--out R.jsonl]   # table, speed-ups, FP8 fidelity, targets
     python -m bench.stage2 timed --device cpu --variants online,bf16 --steps 3              # CPU smoke
+    python -m bench.stage2 timed --image-size 512 --variants online,bf16 --batch 16 ...    # 512 px (default 256)
 
 Every run is the trainer's own entry point under torchrun, one process per (variant, batch): Stage 2 with
 ``configs/flux_schnell.toml`` plus command-line overrides, the stock trainer (``bench.stage2.online``)
@@ -12,4 +13,8 @@ with ``bench/stage2/online.toml``. Figures come from the trainers' own metrics r
 ``[metrics] jsonl_file``), FLOPs per sample from ``stage2_train.flops``. Modules: ``variants`` (what
 each variant sets), ``inputs`` (tars, tokenizer, encoder configs, a Stage 1 dataset), ``runs`` (one
 torchrun), ``figures`` (records to figures), ``cli`` (the commands). See ``bench/results/`` for figures.
+
+``--image-size N`` runs both trainers at ``training.img_size`` N: Stage 2 on a synthetic dataset whose
+identity says N, the online trainer on tars with every image side scaled by ceil(N / 256) (its loader
+skips images smaller than N). Every figure records ``image_size``; ``report`` sums up each size apart.
 """

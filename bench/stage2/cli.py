@@ -47,18 +47,20 @@ class Bench:
         self.device = gpu or f"CPU ({platform.processor() or platform.machine()})"
         self.flavor = args.flavor or ("flux-tiny" if self.cpu else "flux-schnell-8x16")
         self.peak_flops = get_peak_flops(self.device)
-        nparams, self.flops = figures.flops_per_sample(self.flavor)
+        nparams, self.flops = figures.flops_per_sample(self.flavor, args.image_size)
         self.workdir = args.workdir.resolve()
-        context = {"flavor": self.flavor, "params": nparams, "flops_per_sample": self.flops, "peak_flops": self.peak_flops,
-                   "torchao": _version("torchao"), "torchtitan": _version("torchtitan")}  # fmt: skip
+        context = {"flavor": self.flavor, "image_size": args.image_size, "params": nparams, "flops_per_sample": self.flops,
+                   "peak_flops": self.peak_flops, "torchao": _version("torchao"), "torchtitan": _version("torchtitan")}  # fmt: skip
         self.fig = figures.Figures(args.out, self.device, context)
-        log(f"{self.device}: {self.flavor}, {nparams / 1e9:.2f} B params, {self.flops / 1e12:.2f} TFLOP/sample, peak {self.peak_flops:.3g} FLOP/s")
+        log(f"{self.device}: {self.flavor} at {args.image_size} px, {nparams / 1e9:.2f} B params, "
+            f"{self.flops / 1e12:.2f} TFLOP/sample, peak {self.peak_flops:.3g} FLOP/s")  # fmt: skip
 
     def run(self, variant: Variant, batch: int, steps: int) -> dict[str, Any]:
         """One run of ``variant``; its figures emitted; its summary returned."""
-        data = (online_inputs(self.workdir / "data", self.args.samples, self.cpu) if variant.online
-                else stage1_dataset(self.workdir / "data", self.flavor, self.args.samples))  # fmt: skip
-        job = runs.Job(variant, self.flavor, batch, steps, self.args.seed, self.args.compile_backend, tuple(self.args.trainer_args.split()))
+        size = self.args.image_size
+        data = (online_inputs(self.workdir / "data", self.args.samples, self.cpu, size) if variant.online
+                else stage1_dataset(self.workdir / "data", self.flavor, self.args.samples, size))  # fmt: skip
+        job = runs.Job(variant, self.flavor, batch, steps, size, self.args.seed, self.args.compile_backend, tuple(self.args.trainer_args.split()))
         log(f"{variant.name} batch {batch}, {steps} steps ...")
         outcome = runs.run(job, data, self.workdir, self.args.run_timeout_s, self.cpu)
         s = figures.summarize(outcome, batch, self.args.warmup, self.flops, self.peak_flops)
@@ -116,6 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         c = sub.add_parser(name)
         c.add_argument("--variants", type=parse_variants, default=parse_variants("online,bf16,fp8"))
         c.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+        c.add_argument("--image-size", type=int, default=256, help="px; the Stage 1 dataset, the online tars and both trainers' img_size")
         c.add_argument("--flavor", help="a stage2_train flavor (default flux-schnell-8x16; CPU: flux-tiny)")
         c.add_argument("--steps", type=int, default=12, help="steps per run, every one logged")
         c.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing (compilation)")

@@ -7,6 +7,7 @@ per sample (``stage2_train.flops`` through the flavor) and TorchTitan's peak for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,11 @@ SMOOTHING_STEPS = 20
 """Trailing window of the smoothed loss the FP8 fidelity compares."""
 
 
-def flops_per_sample(flavor: str) -> tuple[int, int]:
-    """(parameters, training FLOPs per sample) of ``flavor`` at 256 px and T5 length 256."""
+def flops_per_sample(flavor: str, image_size: int) -> tuple[int, int]:
+    """(parameters, training FLOPs per sample) of ``flavor`` at ``image_size`` and T5 length 256."""
     from torchtitan.models.flux import FluxModel
 
-    args = FLAVORS[flavor]
+    args = dataclasses.replace(FLAVORS[flavor], image_size=image_size)
     with torch.device("meta"):
         model = FluxModel(args)
     return args.get_nparams_and_flops(model, 0)

@@ -49,9 +49,17 @@ def _once(out: Path, write) -> Path:
     return out
 
 
-def online_inputs(root: Path, samples: int, tiny: bool) -> OnlineInputs:
+GENERATOR_SIZE = 256
+"""The image size ``write_sample_tars``' shapes are drawn for at ``scale`` 1 (one in eight smaller)."""
+
+
+def online_inputs(root: Path, samples: int, tiny: bool, image_size: int) -> OnlineInputs:
+    """Tars whose images are scaled to ``image_size``: TorchTitan's loader skips an image whose short
+    side is below it, so at 512 px unscaled tars would lose most samples, not one in eight."""
     shards = 4
-    tars = _once(root / f"tars-{samples}", lambda out: write_sample_tars(out, shards, -(-samples // shards), seed=0))
+    scale = -(-image_size // GENERATOR_SIZE)
+    tars = _once(root / f"tars-{samples}-x{scale}",
+                 lambda out: write_sample_tars(out, shards, -(-samples // shards), seed=0, scale=scale))  # fmt: skip
     captions = []
     for path in sorted(tars.glob("*.tar")):
         with tarfile.open(path) as tar:
@@ -65,15 +73,15 @@ def online_inputs(root: Path, samples: int, tiny: bool) -> OnlineInputs:
     return OnlineInputs(tars, tokenizer, t5, clip)
 
 
-def stage1_dataset(root: Path, flavor: str, samples: int) -> Path:
-    """A Stage 1 dataset for ``flavor`` (bf16 storage, as configs/encode_cc12m.toml writes)."""
-    identity = schnell_identity("bfloat16")
+def stage1_dataset(root: Path, flavor: str, samples: int, image_size: int) -> Path:
+    """A Stage 1 dataset for ``flavor`` at ``image_size`` (bf16 storage, as configs/encode_cc12m.toml writes)."""
+    identity = dataclasses.replace(schnell_identity("bfloat16"), image_size=image_size)
     if flavor == "flux-tiny":
         args = FLAVORS[flavor]
         identity = dataclasses.replace(identity, t5_dim=args.context_in_dim, clip_dim=args.vec_in_dim,
                                        ae_params=dataclasses.asdict(args.autoencoder_params))  # fmt: skip
     stores = 4
-    return _once(root / f"stage1-{flavor}-{samples}", lambda out: write_synthetic_dataset(out, identity, stores, -(-samples // stores)))
+    return _once(root / f"stage1-{flavor}-{image_size}px-{samples}", lambda out: write_synthetic_dataset(out, identity, stores, -(-samples // stores)))
 
 
 def write_tokenizer(out: Path, captions: list[str]) -> None:

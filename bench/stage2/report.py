@@ -1,5 +1,6 @@
 """The summary of Stage 2 benchmark figures: a table, speed-ups, FP8 fidelity and the targets of
-issue #16 (FP8 >= 1.2x bf16 at equal batch, >= 4.3x the online trainer, bf16 no-AC MFU >= 55 %)."""
+issue #16 (FP8 >= 1.2x bf16 at equal batch, >= 4.3x the online trainer, bf16 no-AC MFU >= 55 %), one
+section per image size: runs at different sizes differ in FLOPs per sample and are never compared."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from typing import Any
 from bench.stage2 import figures
 
 TARGETS = {"fp8_vs_bf16": 1.2, "best_vs_online": 4.3, "bf16_mfu_pct": 55.0}
-CONTEXT = ("flavor", "params", "flops_per_sample", "peak_flops", "torchao", "torchtitan")
+CONTEXT = ("flavor", "image_size", "params", "flops_per_sample", "peak_flops", "torchao", "torchtitan")
 MEASURED = ("torch", "commit", "date")
 """Of the runs summed up, kept as ``measured_*``: the report's own torch/commit/date are its process's."""
+UNRECORDED_IMAGE_SIZE = 256
+"""The size of figures written before the benchmark recorded ``image_size``: it ran at 256 px only."""
+
+
+def image_size(record: dict[str, Any]) -> int:
+    return record.get("image_size", UNRECORDED_IMAGE_SIZE)
 
 
 def _runs(records: list[dict]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -27,12 +34,20 @@ def report(paths: list[Path], batch: int, out: Path | None) -> int:
     records = figures.read_figures(paths)
     if not records:
         raise SystemExit(f"no {figures.BENCHMARK} figures in {[str(p) for p in paths]}")
+    for size in sorted({image_size(r) for r in records}):
+        print(_report_one_size([r for r in records if image_size(r) == size], batch, out))
+    return 0
+
+
+def _report_one_size(records: list[dict[str, Any]], batch: int, out: Path | None) -> str:
+    """The summary of figures that share one image size; derived figures appended to ``out``."""
     first = records[0]
-    fig = figures.Figures(out, first["device"], {k: first.get(k) for k in CONTEXT} | {f"measured_{k}": first[k] for k in MEASURED}) if out else None
+    context = {k: first.get(k) for k in CONTEXT} | {"image_size": image_size(first)} | {f"measured_{k}": first[k] for k in MEASURED}
+    fig = figures.Figures(out, first["device"], context) if out else None
     runs = _runs(records)
     sps = {key: run["samples_per_s_per_gpu"]["value"] for key, run in runs.items() if "samples_per_s_per_gpu" in run}
     largest = {r["variant"]: r["value"] for r in records if r["figure"].endswith(".max_batch") and r["value"]}
-    lines = [f"Stage 2 on {first['device']}: {first['flavor']}, {first['params'] / 1e9:.2f} B params, "
+    lines = [f"Stage 2 on {first['device']}: {first['flavor']} at {image_size(first)} px, {first['params'] / 1e9:.2f} B params, "
              f"{first['flops_per_sample'] / 1e12:.2f} TFLOP/sample, torch {first['torch']}, torchao {first.get('torchao')}",
              f"  {'variant':<16} {'batch':>5} {'samples/s':>10} {'MFU %':>6} {'peak GiB':>9} {'data wait %':>11}  max batch"]  # fmt: skip
     for (variant, b), run in sorted(runs.items()):
@@ -75,5 +90,4 @@ def report(paths: list[Path], batch: int, out: Path | None) -> int:
         lines.append(f"  target {name:<40} {verdict}" + ("" if value is None else f" ({value:.2f})"))
         if fig and value is not None:
             fig(f"target.{name}", verdict.lower(), "", measured=round(value, 3), target=target)
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)

@@ -32,6 +32,7 @@ class Job:
     flavor: str
     batch: int
     steps: int
+    image_size: int = 256
     seed: int = 0
     compile_backend: str = "inductor"
     trainer_args: tuple[str, ...] = ()
@@ -52,6 +53,7 @@ def command(job: Job, dump: Path, data: Path | OnlineInputs) -> list[str]:
     common = (
         "--job.dump_folder", str(dump), "--model.flavor", job.flavor,
         "--training.local_batch_size", str(job.batch), "--training.steps", str(job.steps),
+        "--training.img_size", str(job.image_size),
         "--metrics.log_freq", "1", "--metrics.jsonl_file", METRICS_FILE,
         "--compile.backend", job.compile_backend, "--debug.seed", str(job.seed),
     )  # fmt: skip
@@ -72,7 +74,7 @@ def command(job: Job, dump: Path, data: Path | OnlineInputs) -> list[str]:
 
 
 def run(job: Job, data: Path | OnlineInputs, workdir: Path, timeout_s: float, cpu: bool) -> Outcome:
-    name = f"{job.variant.name}-b{job.batch}"
+    name = f"{job.variant.name}-{job.image_size}px-b{job.batch}"
     dump = workdir / "runs" / name
     shutil.rmtree(dump, ignore_errors=True)
     dump.mkdir(parents=True)
