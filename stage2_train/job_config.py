@@ -69,7 +69,7 @@ class Stage2:
     """A sample that fails its checksum or whose shard file is missing: ``fail`` stops training with
     a message naming the store; ``skip`` leaves it out of its batch with a warning."""
     sample_ledger: bool = False
-    """Append each step's sample indices and local loss to ``<dump_folder>/ledger/rank_<r>.jsonl``
+    """Append each micro-batch's sample indices and local loss to ``<dump_folder>/ledger/rank_<r>.jsonl``
     (answers "what did step N train on"; used by the resume test)."""
     allow_incomplete_dataset: bool = False
     """Start a new run on a dataset Stage 1 has not finished (tasks still running, or stores missing

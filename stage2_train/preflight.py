@@ -28,6 +28,7 @@ from shared.contract import ContractError
 from shared.preflight import storage, system
 from shared.preflight.table import FAIL, OK, Row, command_line, print_table
 from shared.units import count, size
+from stage2_train.accumulation import global_batch_refusal
 from stage2_train.arguments import argument_problems
 from stage2_train.flavors import FLAVORS
 from stage2_train.dataset_extent import incomplete_dataset_refusal
@@ -86,6 +87,8 @@ def train_rows(
         system.socket_ifname_row(environ, cluster, system.interfaces()),
         system.rendezvous_row(environ, cluster, resolve),
     ]
+    if job.training.global_batch_size >= 0:  # gradient accumulation asked for
+        rows.append(global_batch_row(job, degrees, cluster))
     if not job.training.dataset_path:
         rows.append(Row("dataset", FAIL, "no dataset: give --training.dataset_path DIR"))
     else:
@@ -98,6 +101,29 @@ def train_rows(
         copies = checkpoint_copies(job.checkpoint.keep_latest_k, job.training.steps, job.checkpoint.interval)
         rows.append(checkpoint_space_row(copies, nparams, free_bytes(dump / job.checkpoint.folder)))
     return rows
+
+
+def global_batch_row(job_config: JobConfig, degrees: Mapping[str, int], cluster: system.Cluster) -> Row:
+    """``training.global_batch_size`` against the local batch and the data-parallel degree (replicate x
+    shard; an automatic shard degree from the allocation's GPUs, as TorchTitan resolves it)."""
+    training = job_config.training
+    shard = degrees["shard"]
+    if shard == -1:
+        world = cluster.nodes * (cluster.allocated_gpus or cluster.visible_gpus)
+        shard = world // (degrees["replicate"] * degrees["tp"] * degrees["cp"] * degrees["pp"])
+    if shard < 1:
+        return Row("global batch", OK, f"{training.global_batch_size}: checked against the data-parallel degree at start")
+    dp_degree = degrees["replicate"] * shard
+    refusal = global_batch_refusal(training.global_batch_size, training.local_batch_size, dp_degree)
+    if refusal:
+        return Row("global batch", FAIL, refusal)
+    micro_batches = training.global_batch_size // (training.local_batch_size * dp_degree)
+    return Row(
+        "global batch",
+        OK,
+        f"{training.global_batch_size} = {micro_batches} micro-batch(es) x {dp_degree} data-parallel rank(s) x "
+        f"{training.local_batch_size} per optimizer step",
+    )
 
 
 def model_parameters(flavor: FluxModelArgs) -> int:

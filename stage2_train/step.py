@@ -5,7 +5,9 @@ Online (``FluxTrainer.forward_backward_step``): ``AutoEncoder.encode`` samples i
 ``t = rand(bsz)``, ``x_t = (1−t)·x0 + t·noise``, target ``noise − x0``, 2 x 2 packing, image position
 ids, zero text position ids. Here the same, drawn in the same order (ε, noise, t) from a generator
 seeded by (seed, step, data-parallel rank) — so a resumed step draws what the uninterrupted one drew,
-and the online step run after ``torch.manual_seed(step_seed(...))`` sees the same numbers. Prompt
+and the online step run after ``torch.manual_seed(step_seed(...))`` sees the same numbers. With gradient
+accumulation (``accumulation.py``) micro-batch m > 0 of a step mixes m into that seed; micro-batch 0
+draws what a step without accumulation draws. Prompt
 dropout (stored empty-prompt encodings, T5 and CLIP independently) is drawn last, after t.
 
 All of it runs in float32 on the training device; the model casts to its own compute dtype.
@@ -31,12 +33,14 @@ def mixed_seed(*values: int) -> int:
     return int(np.random.SeedSequence(list(values)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def step_seed(seed: int, step: int, dp_rank: int) -> int:
-    return mixed_seed(seed, step, dp_rank)
+def step_seed(seed: int, step: int, dp_rank: int, micro_batch: int = 0) -> int:
+    return mixed_seed(seed, step, dp_rank) if micro_batch == 0 else mixed_seed(seed, step, dp_rank, micro_batch)
 
 
-def step_generator(seed: int, step: int, dp_rank: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(step_seed(seed, step, dp_rank))
+def step_generator(
+    seed: int, step: int, dp_rank: int, device: torch.device, micro_batch: int = 0
+) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(step_seed(seed, step, dp_rank, micro_batch))
 
 
 def sample_latents(

@@ -2,7 +2,8 @@
 
 ``FluxTrainer.__init__`` always loads T5, CLIP and the AE, so ``PrecomputedFluxTrainer`` runs
 ``Trainer.__init__`` and then does what ``FluxTrainer.__init__`` does minus the encoders. Its
-``train_step`` (no gradient accumulation, clipping, loss logging) is ``FluxTrainer``'s; only the
+``train_step`` is TorchTitan's ``Trainer.train_step`` (FluxTrainer's minus its refusal of gradient
+accumulation: the same clipping, optimizer step and loss logging; see ``accumulation.py``); the
 forward/backward differs: inputs are built from stored moments and encodings (``step.py``) instead
 of running the encoders. Validation is Stage 2's own validator (``validator.py``), which TorchTitan's
 train loop calls. At every step boundary the ranks also agree whether to stop for a time limit or
@@ -13,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Iterator
 
 import torch
 from torchtitan.config import JobConfig
+from torchtitan.distributed import ParallelDims
 from torchtitan.distributed import utils as dist_utils
 from torchtitan.models.flux.train import FluxTrainer
 from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
+from stage2_train.accumulation import MicroBatchCounter, check_global_batch
 from stage2_train.data import load_empty_prompt
 from stage2_train.ledger import SampleLedger
 from stage2_train.step import flow_matching_batch, step_generator
@@ -51,6 +55,17 @@ class PrecomputedFluxTrainer(FluxTrainer):
         )
         self.stop_request = StopRequest(job_config.stage2.stop_file)
         self.resumed_at: int | None = None
+        self.micro_batches = MicroBatchCounter()
+
+    def init_distributed(self) -> ParallelDims:
+        """TorchTitan's, then a global batch it cannot split into micro-batches is refused in one line."""
+        parallel_dims = super().init_distributed()
+        check_global_batch(self.job_config, parallel_dims)
+        return parallel_dims
+
+    def train_step(self, data_iterator: Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> None:
+        """TorchTitan's step with gradient accumulation (``accumulation.py``)."""
+        Trainer.train_step(self, data_iterator)
 
     def should_continue_training(self) -> bool:
         """TorchTitan's check at every step boundary, plus a stop all ranks agree on (see stop_request)."""
@@ -79,10 +94,13 @@ class PrecomputedFluxTrainer(FluxTrainer):
         labels: torch.Tensor,
         global_valid_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """FluxTrainer's step from stored encodings; ``labels`` are the batch's sample indices."""
+        """FluxTrainer's step from stored encodings on one micro-batch; ``labels`` are its sample indices,
+        ``global_valid_tokens`` the samples of the whole global batch (all micro-batches, all ranks; ``None``:
+        this micro-batch is the step)."""
         config = self.job_config
         inputs = {name: tensor.to(self.device, non_blocking=True) for name, tensor in input_dict.items()}
-        generator = step_generator(config.stage2.seed, self.step, self.dataloader.dp_rank, self.device)
+        micro_batch = self.micro_batches.index(self.step)
+        generator = step_generator(config.stage2.seed, self.step, self.dataloader.dp_rank, self.device, micro_batch)
         batch = flow_matching_batch(
             inputs,
             self.empty_prompt,
@@ -91,12 +109,15 @@ class PrecomputedFluxTrainer(FluxTrainer):
             generator,
         )
 
-        # Loss = squared error summed over this rank's latents / latents of the whole global batch.
-        local_latents = torch.tensor(batch.target.numel(), dtype=torch.float32, device=self.device)
-        if self.parallel_dims.dp_enabled:
-            global_latents = dist_utils.dist_sum(local_latents, self.parallel_dims.get_mesh("batch"))
+        # Loss = squared error summed over this micro-batch's latents / latents of the whole global batch.
+        if global_valid_tokens is not None:
+            global_latents = global_valid_tokens * batch.target.shape[1:].numel()  # samples x latents per sample
         else:
-            global_latents = local_latents
+            local_latents = torch.tensor(batch.target.numel(), dtype=torch.float32, device=self.device)
+            if self.parallel_dims.dp_enabled:
+                global_latents = dist_utils.dist_sum(local_latents, self.parallel_dims.get_mesh("batch"))
+            else:
+                global_latents = local_latents
 
         with self.train_context():
             with self.maybe_enable_amp:
@@ -106,5 +127,5 @@ class PrecomputedFluxTrainer(FluxTrainer):
             loss.backward()
 
         if self.ledger is not None:
-            self.ledger.record(self.step, labels, loss)
+            self.ledger.record(self.step, labels, loss, micro_batch)
         return loss

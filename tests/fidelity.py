@@ -29,6 +29,7 @@ from torchtitan.models.flux.train import FluxTrainer
 
 from shared import contract
 from shared.store import StoreReader
+from stage2_train.accumulation import MicroBatchCounter
 from stage2_train.data import PrecomputedDataset, collate, load_empty_prompt, open_dataset, precomputed_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.step import step_generator, step_seed
@@ -184,7 +185,7 @@ def compare_step(
     ours = _bare(
         PrecomputedFluxTrainer, **common, model_parts=[copy.deepcopy(model)], job_config=config, step=STEP,
         dataloader=SimpleNamespace(dp_rank=rank), ledger=None, model_args=FLAVORS["flux-tiny"],
-        empty_prompt=load_empty_prompt(root, dataset.identity),
+        empty_prompt=load_empty_prompt(root, dataset.identity), micro_batches=MicroBatchCounter(),
     )
     our_loss = ours.forward_backward_step(input_dict=_corrupted(our_inputs, corrupt), labels=our_labels)
     torch.manual_seed(step_seed(config.stage2.seed, STEP, rank))  # the online step draws ε, noise, t globally

@@ -27,14 +27,24 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 def test_cpu_smoke_times_both_trainers_and_reports(tmp_path):
     out = tmp_path / "figures.jsonl"
     smoke = ("--device", "cpu", "--steps", str(STEPS), "--warmup", "1", "--samples", "16", "--compile-backend", "eager")
-    result = _bench("timed", "--variants", "online,bf16", "--batch", "4", *smoke, "--workdir", str(tmp_path / "work"), "--out", str(out))
+    variants = "online,bf16,bf16_accum4"
+    result = _bench("timed", "--variants", variants, "--batch", "4", *smoke, "--workdir", str(tmp_path / "work"), "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     figures = {r["figure"]: r for r in map(json.loads, out.read_text().splitlines())}
-    for variant in ("online", "bf16"):
+    for variant in variants.split(","):
         assert figures[f"{variant}.samples_per_s_per_gpu"]["value"] > 0
         assert figures[f"{variant}.samples_per_s_per_gpu"]["measured_steps"] == STEPS - 1
         assert [step for step, _ in figures[f"{variant}.loss_curve"]["value"]] == list(range(1, STEPS + 1))
         assert figures[f"{variant}.peak_memory_reserved"]["value"] > 0
+    # Accumulation: each step trains 4 micro-batches of 4, and samples/s and MFU count all of them.
+    accumulated = figures["bf16_accum4.samples_per_s_per_gpu"]
+    assert accumulated["micro_batches"] == 4 and accumulated["batch"] == 4
+    assert accumulated["value"] == pytest.approx(4 * 4 / accumulated["step_time_s"], rel=1e-3)
+    mfu = figures["bf16_accum4.mfu"]
+    expected_mfu = 100 * mfu["flops_per_sample"] * accumulated["value"] / mfu["peak_flops"]
+    assert mfu["value"] == pytest.approx(expected_mfu, abs=0.006)  # recorded to 2 decimals
+    log = (tmp_path / "work" / "logs" / "bf16_accum4-b4.log").read_text()
+    assert "global batch size 16, gradient accumulation steps 4" in log
     report = _bench("report", str(out), "--batch", "4")
     assert report.returncode == 0, report.stderr[-4000:]
     assert "bf16_vs_online_equal_batch" in report.stdout

@@ -22,6 +22,8 @@ STEPS = 12
 REPLICATE_2 = ("--parallelism.data_parallel_replicate_degree", "2", "--parallelism.data_parallel_shard_degree", "1")
 SHARD_2 = ("--parallelism.data_parallel_replicate_degree", "1", "--parallelism.data_parallel_shard_degree", "2")
 CHECKPOINTED = ("--checkpoint.enable", "--checkpoint.interval", "4")
+ACCUMULATED = ("--training.local_batch_size", "2", "--training.global_batch_size", "8")
+"""Gradient accumulation: 2 micro-batches of 2 ranks x 2 per optimizer step, the same global batch of 8."""
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,24 @@ def test_replicas_are_synchronised_like_sharded_fsdp(replicated, sharded):
     assert _ledgers(replicated)[1][STEPS]["samples"] == _ledgers(sharded)[1][STEPS]["samples"]
 
 
+@pytest.fixture(scope="module")
+def accumulated(dataset, common, tmp_path_factory) -> Path:
+    dump = tmp_path_factory.mktemp("accumulated")
+    _ok(run_stage2(2, dataset, dump, *common, *SHARD_2, *CHECKPOINTED, *ACCUMULATED))
+    return dump
+
+
+def test_accumulated_steps_train_the_whole_global_batch_and_overfit(accumulated):
+    """Each step: 2 micro-batches per rank, 8 distinct samples over both ranks (the whole dataset)."""
+    ledgers = _ledgers(accumulated)
+    for step in range(1, STEPS + 1):
+        assert [ledger[step]["micro_batches"] for ledger in ledgers] == [2, 2]
+        assert sorted(ledgers[0][step]["samples"] + ledgers[1][step]["samples"]) == list(range(8)), step
+    losses = _global_losses(accumulated)
+    assert all(math.isfinite(loss) for loss in losses.values())
+    assert sum(losses[s] for s in (STEPS - 2, STEPS - 1, STEPS)) < 0.9 * sum(losses[s] for s in (1, 2, 3)), losses
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -104,11 +124,15 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_killed_run_resumes_with_the_same_samples_and_losses(dataset, common, sharded, tmp_path):
+@pytest.mark.parametrize("layout", ["sharded", "accumulated"])
+def test_killed_run_resumes_with_the_same_samples_and_losses(request, dataset, common, layout, tmp_path):
     """SIGKILL every process of a checkpointed run after step 9 started (last checkpoint: step 8),
-    rerun the same command: steps 9.. train the same samples to the same losses as the uninterrupted run."""
+    rerun the same command: steps 9.. train the same samples to the same losses as the uninterrupted run
+    (accumulated: the kill may fall between a step's micro-batches)."""
+    uninterrupted = request.getfixturevalue(layout)
+    overrides = (*common, *SHARD_2, *CHECKPOINTED, *(ACCUMULATED if layout == "accumulated" else ()))
     dump = tmp_path / "killed"
-    command = torchrun_command(2, dataset, dump, *common, *SHARD_2, *CHECKPOINTED)
+    command = torchrun_command(2, dataset, dump, *overrides)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     run = subprocess.Popen(command, cwd=REPO_ROOT, env=torchrun_env(), **quiet)
     ledger = dump / "ledger" / "rank_0.jsonl"
@@ -122,9 +146,9 @@ def test_killed_run_resumes_with_the_same_samples_and_losses(dataset, common, sh
     killed_at = max(read_ledger(ledger))
     assert killed_at < STEPS and not (dump / "checkpoint" / f"step-{STEPS}").exists()
 
-    resumed = _ok(run_stage2(2, dataset, dump, *common, *SHARD_2, *CHECKPOINTED))
+    resumed = _ok(run_stage2(2, dataset, dump, *overrides))
     assert "Training starts at step 9" in resumed.stdout + resumed.stderr
-    for got, want in zip(_ledgers(dump), _ledgers(sharded)):
+    for got, want in zip(_ledgers(dump), _ledgers(uninterrupted)):
         for step in range(9, STEPS + 1):
             assert got[step]["samples"] == want[step]["samples"], step
             assert got[step]["loss"] == want[step]["loss"], step

@@ -63,13 +63,13 @@ class Bench:
         job = runs.Job(variant, self.flavor, batch, steps, size, self.args.seed, self.args.compile_backend, tuple(self.args.trainer_args.split()))
         log(f"{variant.name} batch {batch}, {steps} steps ...")
         outcome = runs.run(job, data, self.workdir, self.args.run_timeout_s, self.cpu)
-        s = figures.summarize(outcome, batch, self.args.warmup, self.flops, self.peak_flops)
+        s = figures.summarize(outcome, batch, self.args.warmup, self.flops, self.peak_flops, variant.micro_batches)
         log(f"{variant.name} batch {batch}: {s['status']} {s['reason']} after {s['process_wall_s']} s"
             + (f": {s['samples_per_s']:.2f} samples/s, MFU {s['mfu_pct']:.1f} %, peak {s['peak_reserved_gib']:.1f} GiB" if "samples_per_s" in s else "")
             + f" (log {outcome.log})")  # fmt: skip
         extra = {"variant": variant.name, "description": variant.description, "batch": batch, "steps": steps, "warmup_steps": self.args.warmup,
                  "trainer": variant.trainer, "activation_checkpointing": variant.ac, "compile_blocks": variant.compile_blocks,
-                 "float8": variant.float8, "process_wall_s": s["process_wall_s"]}  # fmt: skip
+                 "float8": variant.float8, "micro_batches": variant.micro_batches, "process_wall_s": s["process_wall_s"]}  # fmt: skip
         if "samples_per_s" not in s:
             self.fig(f"{variant.name}.status", s["status"], "", reason=s["reason"], **extra)
             return s

@@ -1,7 +1,7 @@
 """Figures from the trainers' metrics records (TorchTitan 0.2.2's names, which both trainers log).
 
-Throughput is the local batch over the logged step time (``time_metrics/end_to_end(s)``, every step
-logged), for both trainers alike (the stock trainer's ``tps`` counts tokens); MFU uses Stage 2's FLOPs
+Throughput is the samples of one optimizer step (the local batch times its micro-batches) over the
+logged step time (``time_metrics/end_to_end(s)``, every step logged), for both trainers alike (the stock trainer's ``tps`` counts tokens); MFU uses Stage 2's FLOPs
 per sample (``stage2_train.flops`` through the flavor) and TorchTitan's peak for the device.
 """
 
@@ -34,8 +34,11 @@ def flops_per_sample(flavor: str, image_size: int) -> tuple[int, int]:
     return args.get_nparams_and_flops(model, 0)
 
 
-def summarize(outcome: Outcome, batch: int, warmup: int, flops: int, peak_flops: float) -> dict[str, Any]:
-    """One run's figures: steps after ``warmup`` (compilation) timed; memory over the whole run."""
+def summarize(
+    outcome: Outcome, batch: int, warmup: int, flops: int, peak_flops: float, micro_batches: int = 1
+) -> dict[str, Any]:
+    """One run's figures: steps after ``warmup`` (compilation) timed; memory over the whole run. Each step
+    trains ``micro_batches`` micro-batches of ``batch``."""
     steps = [r for r in outcome.records if STEP_TIME in r]
     timed = [r[STEP_TIME] for r in steps if r["step"] > warmup]
     summary: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason, "batch": batch, "process_wall_s": round(outcome.wall_s, 1)}
@@ -47,7 +50,7 @@ def summarize(outcome: Outcome, batch: int, warmup: int, flops: int, peak_flops:
         }
     if timed:
         step_time = sum(timed) / len(timed)
-        samples_per_s = batch / step_time
+        samples_per_s = batch * micro_batches / step_time
         summary |= {
             "measured_steps": len(timed),
             "step_time_s": step_time,

@@ -70,7 +70,7 @@ def command(job: Job, dump: Path, data: Path | OnlineInputs) -> list[str]:
             "--checkpoint.no-enable", "--lr_scheduler.warmup_steps", "30",
         )  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    return [*torchrun, "-m", entry, "--job.config_file", str(config), *common, *inputs, *job.variant.overrides(), *job.trainer_args]
+    return [*torchrun, "-m", entry, "--job.config_file", str(config), *common, *inputs, *job.variant.overrides(job.batch), *job.trainer_args]
 
 
 def run(job: Job, data: Path | OnlineInputs, workdir: Path, timeout_s: float, cpu: bool) -> Outcome:

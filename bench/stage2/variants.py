@@ -18,16 +18,20 @@ class Variant:
     ac: str  # a key of AC_OVERRIDES
     compile_blocks: bool = True
     float8: bool = False
+    micro_batches: int = 1
+    """Forward/backward micro-batches of the run's batch per optimizer step (gradient accumulation)."""
     description: str = ""
 
     @property
     def online(self) -> bool:
         return self.trainer == "online"
 
-    def overrides(self) -> tuple[str, ...]:
+    def overrides(self, batch: int) -> tuple[str, ...]:
+        """The trainer's overrides for this variant at local (micro-)batch ``batch`` on one GPU."""
         compile_flag = "--compile.enable" if self.compile_blocks else "--compile.no-enable"
         converters = ("--model.converters", "float8") if self.float8 else ()
-        return (*AC_OVERRIDES[self.ac], compile_flag, *converters)
+        accumulation = ("--training.global_batch_size", str(self.micro_batches * batch)) if self.micro_batches > 1 else ()
+        return (*AC_OVERRIDES[self.ac], compile_flag, *converters, *accumulation)
 
 
 VARIANTS = {
@@ -39,6 +43,8 @@ VARIANTS = {
         Variant("bf16", "ours", "none", description="stage2_train, blocks compiled, no AC, bf16 autocast"),
         Variant("fp8", "ours", "none", float8=True,
                 description="stage2_train, blocks compiled, no AC, float8 block linears (torchao tensorwise)"),
+        Variant("bf16_accum4", "ours", "none", micro_batches=4,
+                description="stage2_train, blocks compiled, no AC, bf16, 4 micro-batches per optimizer step"),
         Variant("bf16_ac", "ours", "full", description="stage2_train, blocks compiled, full AC"),
         Variant("bf16_eo", "ours", "every-other", description="stage2_train, blocks compiled, AC on every other block"),
     )
