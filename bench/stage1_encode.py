@@ -55,6 +55,7 @@ from stage1_encode.encode import BatchEncoder, Encoders  # noqa: E402
 from stage1_encode.identity import image_policy  # noqa: E402
 from stage1_encode.pipeline import Task, run_task  # noqa: E402
 from stage1_encode.skips import Skip  # noqa: E402
+from stage1_encode.t5_fused import FusedT5Encoder  # noqa: E402
 from stage1_encode.tars import read_tar  # noqa: E402
 
 BENCH = "stage1_encode"
@@ -90,7 +91,7 @@ def build_encoders(models: str, tokenizer_hashes: dict, device: torch.device, dt
         params = AutoEncoderParams(**spec["ae"])
         ae_encoder = AutoEncoder(params).encoder
     return Encoders(
-        t5=asset_loading.TextEncoder(t5.eval().requires_grad_(False), "last_hidden_state").to(dtype),
+        t5=FusedT5Encoder(t5.eval().requires_grad_(False).to(dtype)),
         clip=asset_loading.TextEncoder(clip.eval().requires_grad_(False), "pooler_output").to(dtype),
         ae_encoder=ae_encoder.eval().requires_grad_(False).to(dtype),
         ae_params=dataclasses.asdict(params),

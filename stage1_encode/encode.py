@@ -24,6 +24,7 @@ from torch import nn
 from shared import contract
 from shared import asset_loading
 from stage1_encode.config import BatchConfig
+from stage1_encode.t5_fused import FusedT5Encoder
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Encoders:
     (the benchmark builds real-size random-weight models in memory)."""
 
     t5: nn.Module | None
-    """int tokens [B, L] -> ``last_hidden_state`` [B, L, D] (no attention mask, as TorchTitan); ``None``
+    """int tokens [B, L] -> ``last_hidden_state`` [B, L, D] (no attention mask, as TorchTitan; HF's weights in
+    ``FusedT5Encoder``); ``None``
     when the text comes from another dataset (``--text-from``)."""
     clip: nn.Module | None
     """int tokens [B, 77] -> ``pooler_output`` [B, D]; ``None`` with ``t5``."""
@@ -46,10 +48,11 @@ class Encoders:
 
 
 def load_encoders(assets: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> Encoders:
-    """The encoders of an assets directory, loaded as TorchTitan loads them (``shared.asset_loading``)."""
+    """The encoders of an assets directory, loaded as TorchTitan loads them (``shared.asset_loading``); T5
+    runs as ``FusedT5Encoder`` (same weights and math, fewer and faster kernels)."""
     ae = asset_loading.load_autoencoder(assets, device, dtype)
     return Encoders(
-        t5=asset_loading.load_t5(assets, device, dtype),
+        t5=FusedT5Encoder(asset_loading.load_t5(assets, device, dtype).hf_module),
         clip=asset_loading.load_clip(assets, device, dtype),
         ae_encoder=ae.encoder,
         ae_params=dataclasses.asdict(asset_loading.autoencoder_params(assets)),

@@ -3,7 +3,10 @@
 Stage 1 spends most of its GPU time in T5. HF's encoder runs q, k and v as three matmuls and the gated
 feed-forward's two input projections as two; here each group is one matmul over the concatenated
 weights, and attention is one ``scaled_dot_product_attention`` call with T5's relative position bias as
-its additive mask (no scaling, as T5). Layer norms, the activation, the bias buckets and the residual
+its additive mask (no scaling, as T5). On CUDA that call is held to the fused kernels that take a mask
+(cuDNN, memory-efficient): left to choose, ``torch.compile`` lowers it to the math fallback, which runs
+both attention matmuls in float32 without tensor cores — 27 % of HF's T5 time on an H200
+(``bench/results/stage1_t5_h200.txt``). Layer norms, the activation, the bias buckets and the residual
 order are HF's own modules and code, so only the summation order inside the fused matmuls and attention
 can differ: outputs agree with HF's to the rounding of the compute dtype, not bit for bit
 (``tests/test_t5_fused.py`` bounds the difference).
@@ -11,9 +14,14 @@ can differ: outputs agree with HF's to the rounding of the compute dtype, not bi
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+FUSED_ATTENTION = [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
 class FusedT5Encoder(nn.Module):
@@ -63,7 +71,8 @@ class _FusedBlock(nn.Module):
         batch, length, _ = hidden.shape
         qkv = self.qkv(self.attention_norm(hidden)).view(batch, length, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        with sdpa_kernel(FUSED_ATTENTION) if q.is_cuda else contextlib.nullcontext():
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         hidden = hidden + self.out(attended.transpose(1, 2).reshape(batch, length, -1))
         gate, linear = self.wi(self.ff_norm(hidden)).chunk(2, dim=-1)
         return hidden + self.wo(self.act(gate) * linear)
