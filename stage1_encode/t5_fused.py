@@ -47,7 +47,7 @@ class FusedT5Encoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(tokens)
         length = tokens.shape[1]
-        bias = self.position_bias.compute_bias(length, length, device=hidden.device).to(hidden.dtype)
+        bias = self.position_bias.compute_bias(length, length, device=hidden.device).to(hidden.dtype).contiguous()
         for layer in self.layers:
             hidden = layer(hidden, bias)
         return self.final_layer_norm(hidden)
