@@ -43,7 +43,7 @@ def test_cpu_smoke_times_both_trainers_and_reports(tmp_path):
     mfu = figures["bf16_accum4.mfu"]
     expected_mfu = 100 * mfu["flops_per_sample"] * accumulated["value"] / mfu["peak_flops"]
     assert mfu["value"] == pytest.approx(expected_mfu, abs=0.006)  # recorded to 2 decimals
-    log = (tmp_path / "work" / "logs" / "bf16_accum4-b4.log").read_text()
+    log = (tmp_path / "work" / "logs" / "bf16_accum4-256px-b4.log").read_text()
     assert "global batch size 16, gradient accumulation steps 4" in log
     report = _bench("report", str(out), "--batch", "4")
     assert report.returncode == 0, report.stderr[-4000:]
