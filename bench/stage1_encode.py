@@ -122,6 +122,14 @@ def _write_one_tar(directory: Path, samples: int, seed: int, scale: int = 1) -> 
     return write_sample_tars(directory, shards=1, per_shard=samples, seed=seed, scale=scale)[0]
 
 
+def dataset_encoder(config: EncodeConfig, factory, identity: contract.Identity) -> BatchEncoder:
+    """The encoders as a dataset's task ran them (its recorded dtype and compilation)."""
+    compute = identity.preprocessing["encoder_compute"]
+    device = torch.device(config.encoders.device)
+    return BatchEncoder(factory(device, getattr(torch, compute["dtype"])), config.batch, bool(compute["compile"]),
+                        config.encoders.ae_channels_last and device.type == "cuda")
+
+
 def encoders_ceiling(encoder: BatchEncoder, batches: int, t5_length: int, image_size: int) -> dict[str, float]:
     """Samples/s of the bare encoders on full batches already on the device (same shapes as Stage 1's):
     all of them (``all``), and the text encoders and the AE alone (to compare with single-model probes)."""
@@ -222,18 +230,15 @@ def run_benchmark(
     sys.stderr.write(log.getvalue())  # the tasks' progress lines, for reading a figure that looks off
 
     identity = contract.read_identity(work / "dataset")
-    compiled = bool(identity.preprocessing["encoder_compute"]["compile"])
-    device = torch.device(config.encoders.device)
-    dtype = getattr(torch, identity.preprocessing["encoder_compute"]["dtype"])
-    encoder = BatchEncoder(encoders_factory(device, dtype), config.batch, compiled,
-                           config.encoders.ae_channels_last and device.type == "cuda")
+    encoder = dataset_encoder(config, encoders_factory, identity)
     ceiling = encoders_ceiling(encoder, ceiling_batches, identity.t5_max_length, identity.image_size)
     identical = first_batch_bit_identical(encoder, config, tars[0], work / "dataset", assets)
 
     stores = [contract.read_store_attrs(p) for p in contract.committed_store_paths(work / "dataset")]
     e2e = summary.samples / summary.encode_seconds
     context = {
-        "models": models, "dtype": str(dtype).removeprefix("torch."), "compile": compiled,
+        "models": models, "dtype": identity.preprocessing["encoder_compute"]["dtype"],
+        "compile": bool(identity.preprocessing["encoder_compute"]["compile"]),
         "samples": summary.samples, "tars": len(tars), "samples_per_tar": samples_per_tar, "skipped": summary.skipped,
         "batch": dataclasses.asdict(config.batch), "decode_workers": config.workers.resolved_decode(),
         "storage_dtype": config.storage.dtype, "task_seconds": round(summary.seconds, 1),

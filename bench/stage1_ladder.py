@@ -1,6 +1,7 @@
 """Stage 1 at 512 px on one GPU: a full encode against ``--text-from`` (the AE alone), side by side in one run.
 
-    python bench/stage1_ladder.py [--samples 5000] [--samples-per-tar 5040] [--no-compile] [--commit SHA]
+    python bench/stage1_ladder.py [--samples 5000] [--samples-per-tar 5040] [--ceiling-batches 8]
+                                  [--no-compile] [--commit SHA]
                                   [--keep DIR] [--config FILE] [--section.key value …]
     python bench/stage1_ladder.py --device cpu     # smoke: tiny models, a few dozen samples
 
@@ -14,6 +15,11 @@ warm-up of both paths, Stage 1's own pipeline encodes the same tars twice at ``i
   full_bytes_per_sample, image_part_bytes_per_sample   committed bytes per sample of each dataset
   image_part_raw_bytes_per_sample                      its tensors' raw bytes (no compression)
   image_arrays_identical        1 if both datasets' AE moments are equal bit for bit, else 0
+  encoders_ceiling_samples_per_s, text_encoders_ceiling_samples_per_s, ae_ceiling_samples_per_s
+                                the bare encoders at 512 px (inputs already on the GPU): what each path
+                                could reach; their ratio bounds ``text_from_speedup`` when both run at it
+  decode_samples_per_s_per_worker   decoding, cropping and tokenizing the first tar's first samples in
+                                one process: times ``decode_workers``, the CPU's bound on either path
 
 Each figure is one JSON line with device, torch, commit and date (``bench/common.py``).
 """
@@ -24,10 +30,12 @@ import argparse
 import dataclasses
 import functools
 import io
+import itertools
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +44,16 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit  # noqa: E402
-from bench.stage1_encode import REPO, build_encoders, write_tars  # noqa: E402
+from bench.stage1_encode import REPO, build_encoders, dataset_encoder, encoders_ceiling, write_tars  # noqa: E402
 from shared import asset_loading, contract  # noqa: E402
 from shared.assets import write_sample_tars, write_tiny_assets  # noqa: E402
 from stage1_encode.config import EncodeConfig, load_config, parse_overrides  # noqa: E402
+from stage1_encode import prepare  # noqa: E402
 from stage1_encode.encode import Encoders  # noqa: E402
+from stage1_encode.identity import image_policy  # noqa: E402
 from stage1_encode.pipeline import Task, run_task  # noqa: E402
+from stage1_encode.skips import Skip  # noqa: E402
+from stage1_encode.tars import read_tar  # noqa: E402
 
 BENCH = "stage1_ladder"
 IMAGE_SIZE = 512
@@ -54,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--samples", type=int, help="valid samples encoded (default 5000 on cuda, 24 on cpu)")
     parser.add_argument("--samples-per-tar", type=int, default=5040, help="generated samples per tar (CC12M: ~5,040)")
+    parser.add_argument("--ceiling-batches", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--config", type=Path, help="default: production settings on cuda, configs/encode_tiny.toml on cpu")
     parser.add_argument("--commit", help="commit measured, when the tree has no .git (else git's HEAD)")
@@ -69,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.samples or (24 if on_cpu else 5000)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-ladder-"))
     try:
-        figures = run_benchmark(config, "tiny" if on_cpu else "real", samples, args.samples_per_tar, work)
+        figures = run_benchmark(config, "tiny" if on_cpu else "real", samples, args.samples_per_tar, args.ceiling_batches, work)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -78,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_benchmark(config: EncodeConfig, models: str, samples: int, samples_per_tar: int, work: Path) -> dict:
+def run_benchmark(
+    config: EncodeConfig, models: str, samples: int, samples_per_tar: int, ceiling_batches: int, work: Path
+) -> dict:
     assets = write_tiny_assets(work / "assets")  # tokenizers (the models are built in memory)
     tokenizer_hashes = {k: v for k, v in asset_loading.asset_hashes(assets).items() if k.endswith("tokenizer")}
     full_factory = functools.cache(functools.partial(build_encoders, models, tokenizer_hashes))
@@ -98,6 +113,10 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, samples_per_t
     full = encode(str(work / "tars"), "full", full_factory)
     image = encode(str(work / "tars"), "image", image_factory, work / "full")
     sys.stderr.write(log.getvalue())
+    identity = contract.read_identity(work / "full")
+    ceiling = encoders_ceiling(dataset_encoder(config, full_factory, identity), ceiling_batches,
+                               identity.t5_max_length, identity.image_size)  # fmt: skip
+    decode_rate = decode_samples_per_s(config, tars[0], assets)
 
     full_rate, image_rate = (s.samples / s.encode_seconds for s in (full, image))
     full_bytes, image_bytes, image_raw = (
@@ -119,8 +138,21 @@ def run_benchmark(config: EncodeConfig, models: str, samples: int, samples_per_t
             ("image_part_bytes_per_sample", round(image_bytes), "bytes"),
             ("image_part_raw_bytes_per_sample", round(image_raw), "bytes"),
             ("image_arrays_identical", int(_same_images(work / "full", work / "image")), "bool"),
+            ("encoders_ceiling_samples_per_s", round(ceiling["all"], 2), "samples/s"),
+            ("text_encoders_ceiling_samples_per_s", round(ceiling["text"], 2), "samples/s"),
+            ("ae_ceiling_samples_per_s", round(ceiling["ae"], 2), "samples/s"),
+            ("decode_samples_per_s_per_worker", round(decode_rate, 2), "samples/s"),
         ],
     }
+
+
+def decode_samples_per_s(config: EncodeConfig, tar: Path, assets: Path, limit: int = 512) -> float:
+    """Input samples per second one decode worker prepares (decode, crop, tokenize; skips included)."""
+    prepare.init_worker(functools.partial(asset_loading.load_tokenizers, assets, config.text.t5_max_length))
+    raw = [r for r in itertools.islice(read_tar(tar), limit) if not isinstance(r, Skip)]
+    start = time.perf_counter()
+    prepare.prepare_chunk(raw, image_policy(config), config.text.t5_max_length)
+    return len(raw) / (time.perf_counter() - start)
 
 
 def _per_sample(dataset: Path, field: str) -> float:

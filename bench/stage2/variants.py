@@ -45,6 +45,8 @@ VARIANTS = {
                 description="stage2_train, blocks compiled, no AC, float8 block linears (torchao tensorwise)"),
         Variant("bf16_accum4", "ours", "none", micro_batches=4,
                 description="stage2_train, blocks compiled, no AC, bf16, 4 micro-batches per optimizer step"),
+        Variant("bf16_accum8", "ours", "none", micro_batches=8,
+                description="stage2_train, blocks compiled, no AC, bf16, 8 micro-batches per optimizer step"),
         Variant("bf16_ac", "ours", "full", description="stage2_train, blocks compiled, full AC"),
         Variant("bf16_eo", "ours", "every-other", description="stage2_train, blocks compiled, AC on every other block"),
     )
