@@ -1,0 +1,44 @@
+"""The Stage 1 benchmarks' CPU smoke paths (tiny models): each runs Stage 1's own pipeline end to end and
+its figures say what the runs did."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from test_stage2_helpers import REPO_ROOT
+
+
+def _figures(script: str, *args: str) -> dict[str, dict]:
+    result = subprocess.run([sys.executable, f"bench/{script}", "--device", "cpu", *args], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {r["figure"]: r for r in map(json.loads, result.stdout.splitlines())}
+
+
+def test_ladder_benchmark_compares_both_paths_against_their_ceilings():
+    figures = _figures("stage1_ladder.py", "--samples", "16", "--ceiling-batches", "1")
+    full, image = figures["full_e2e_samples_per_s"], figures["text_from_e2e_samples_per_s"]
+    assert full["image_size"] == 512 and full["samples"] > 0
+    assert figures["text_from_speedup"]["value"] == pytest.approx(image["value"] / full["value"], abs=0.002)
+    assert figures["image_arrays_identical"]["value"] == 1
+    # The image part stores the AE moments only: a fraction of the full dataset's bytes.
+    assert 0 < figures["image_part_bytes_per_sample"]["value"] < figures["full_bytes_per_sample"]["value"]
+    ceilings = [figures[f"{name}_ceiling_samples_per_s"]["value"] for name in ("encoders", "text_encoders", "ae")]
+    assert all(c > 0 for c in ceilings) and ceilings[0] < min(ceilings[1:])  # all three together are slower than either part
+    assert figures["decode_samples_per_s_per_worker"]["value"] > 0
+    for record in figures.values():
+        assert {"device", "torch", "commit", "date"} <= record.keys()
+
+
+def test_encode_benchmark_stores_what_it_encodes():
+    figures = _figures("stage1_encode.py", "--samples", "16", "--samples-per-tar", "10", "--ceiling-batches", "1")
+    assert figures["e2e_samples_per_s"]["samples"] > 0 and figures["e2e_samples_per_s"]["tars"] == 2
+    assert figures["first_batch_bit_identical"]["value"] == 1
+    assert figures["e2e_over_ceiling"]["value"] == pytest.approx(
+        figures["e2e_samples_per_s"]["value"] / figures["encoders_ceiling_samples_per_s"]["value"], abs=0.002
+    )
+    assert figures["bytes_per_sample_on_disk"]["value"] > 0
