@@ -42,3 +42,12 @@ def test_encode_benchmark_stores_what_it_encodes():
         figures["e2e_samples_per_s"]["value"] / figures["encoders_ceiling_samples_per_s"]["value"], abs=0.002
     )
     assert figures["bytes_per_sample_on_disk"]["value"] > 0
+
+
+def test_t5_benchmark_times_each_implementation_and_their_error():
+    figures = _figures("stage1_t5.py", "--models", "tiny", "--batches", "2", "--length", "32", "--iters", "1")
+    for impl in ("hf", "fused", "hf_eager_attention"):
+        assert figures[f"{impl}.samples_per_s"]["value"] > 0 and figures[f"{impl}.samples_per_s"]["batch"] == 2
+        # On the CPU the fused encoder computes what HF's does, so both are as far from float32.
+        assert figures[f"{impl}.rms_error"]["value"] >= 0
+    assert figures["fused.rms_error"]["value"] == pytest.approx(figures["hf.rms_error"]["value"], rel=0.05)
