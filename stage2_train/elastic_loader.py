@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from torchtitan.components.dataloader import ParallelAwareDataloader
 from torchtitan.tools.logging import logger
 
+from stage2_train.refusals import Refusal
 from stage2_train.sampler import EpochBatchSampler, SamplePosition
 from stage2_train.stop_request import ignore_sigterm
 
@@ -74,7 +75,7 @@ class ElasticDataloader(ParallelAwareDataloader):
         state = json.loads(state_dict[STATE_KEY])
         digest = self.dataset.identity.digest()
         if state["seed"] != self.batch_sampler.seed or state["identity"] != digest:
-            raise ValueError(
+            raise Refusal(
                 f"the checkpointed sample order is for stage2.seed {state['seed']} on a dataset with identity "
                 f"{state['identity']}; this run has seed {self.batch_sampler.seed} and identity {digest}. Resume with "
                 "the same seed and dataset, or start a fresh order with --checkpoint.exclude_from_loading dataloader"

@@ -26,6 +26,8 @@ from torchtitan.config import JobConfig
 from torchtitan.distributed import ParallelDims
 from torchtitan.protocols.model_converter import register_model_converter
 
+from stage2_train.refusals import Refusal, refuse
+
 CONVERTER_NAME = "float8"
 FLOAT8_CAPABILITY = (8, 9)
 """FP8 tensor cores: Ada (8.9), Hopper (9.0) and later."""
@@ -62,21 +64,27 @@ class FluxFloat8Converter(Float8LinearConverter):
         _refuse_unless_runnable(job_config)
         super().__init__(job_config, parallel_dims)
         if not self.enabled:  # TorchTitan only warns (e.g. a torchao too old for recipe_name)
-            raise ValueError("float8: TorchTitan could not configure torchao's Float8Linear (see the warning above)")
+            raise Refusal("float8: TorchTitan could not configure torchao's Float8Linear (see the warning above)")
         self.filter_fn = partial(is_float8_block_linear, filter_fqns=list(job_config.quantize.linear.float8.filter_fqns))
 
 
-def _refuse_unless_runnable(job_config: JobConfig) -> None:
+def float8_problem(job_config: JobConfig) -> str | None:
+    """Why FP8 training cannot run here, in one line with the fix, or ``None`` when it can."""
     hint = f'remove "{CONVERTER_NAME}" from [model] converters to train in bf16'
     problem = float8_device_problem()
     if problem is not None:
-        raise ValueError(f"float8 training needs an NVIDIA GPU of compute capability >= 8.9, but {problem}: {hint}")
+        return f"float8 training needs an NVIDIA GPU of compute capability >= 8.9, but {problem}: {hint}"
     if job_config.quantize.linear.float8.emulate:
-        raise ValueError(f"float8 emulation is not offered (it is a test mode of TorchTitan's): {hint}")
+        return f"float8 emulation is not offered (it is a test mode of TorchTitan's): {hint}"
     try:
         import torchao.float8  # noqa: F401
     except ImportError as exc:
-        raise ValueError(f"float8 training needs torchao (pip install 'flux-encode-once[fp8]'): {exc}") from exc
+        return f"float8 training needs torchao (pip install 'flux-encode-once[fp8]'): {exc}"
+    return None
+
+
+def _refuse_unless_runnable(job_config: JobConfig) -> None:
+    refuse(float8_problem(job_config))
 
 
 register_model_converter(FluxFloat8Converter, CONVERTER_NAME)

@@ -70,7 +70,7 @@ class Stage2:
     a message naming the store; ``skip`` leaves it out of its batch with a warning."""
     sample_ledger: bool = False
     """Append each micro-batch's sample indices and local loss to ``<dump_folder>/ledger/rank_<r>.jsonl``
-    (answers "what did step N train on"; used by the resume test)."""
+    (answers "what did step N train on?" after the run)."""
     allow_incomplete_dataset: bool = False
     """Start a new run on a dataset Stage 1 has not finished (tasks still running, or stores missing
     against its input list), training on the stores committed now. Off: such a start is refused with

@@ -26,7 +26,7 @@ from stage2_train.accumulation import MicroBatchCounter
 from stage2_train.data import collate, load_empty_prompt, open_dataset, precomputed_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.ledger import SampleLedger, read_ledger
-from stage2_train.preflight import global_batch_row
+from stage2_train.preflight import data_parallel_degree, global_batch_row
 from stage2_train.step import FlowMatchingBatch, flow_matching_batch, step_generator, step_seed
 from stage2_train.trainer import PrecomputedFluxTrainer
 from test_stage2_helpers import parse_job_config, run_stage2, write_tiny_dataset
@@ -127,7 +127,8 @@ def test_preflight_checks_the_global_batch_against_the_data_parallel_degree():
     def row(global_batch: int, shard: int = 2, gpus: int = 0):
         config = parse_job_config("--training.local_batch_size", "4", "--training.global_batch_size", str(global_batch))
         degrees = {"replicate": 2, "shard": shard, "tp": 1, "cp": 1, "pp": 1}
-        result = global_batch_row(config, degrees, Cluster(nodes=2, allocated_gpus=gpus or None, visible_gpus=gpus))
+        cluster = Cluster(nodes=2, allocated_gpus=gpus or None, visible_gpus=gpus)
+        result = global_batch_row(config, data_parallel_degree(degrees, cluster))
         assert result.check == "global batch"
         return result.status, result.detail
 
