@@ -35,7 +35,7 @@ from stage1_encode.dataset_setup import (
 from stage1_encode.encode import BatchEncoder, Encoders, load_encoders
 from stage1_encode.identity import image_policy
 from stage1_encode.prepare import Workers
-from stage1_encode.progress import TaskResult
+from stage1_encode.progress import Progress, TaskResult
 from stage1_encode.scheduler import encode_tars, nothing_to_encode
 from stage1_encode.text_from import load_image_encoder, open_text_dataset, paired_identity
 
@@ -71,8 +71,12 @@ def run_task(
     tars = sources.task_tars(sources.list_tars(task.input), task.task_index, task.num_tasks)
     text = open_text_dataset(task.text_from, tars, config.storage.dtype) if task.text_from else None
     task_of = (task.task_index, task.num_tasks)
+    progress = Progress(
+        task.output, *task_of, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
+    )
     if nothing_to_encode(task.output, tars, stores_text=text is None):  # no weights loaded for nothing
-        return encode_tars(config, task.output, task_of, tars, None, None, None, started, out, text)
+        return encode_tars(config, task.output, task_of, tars, None, None, None, started, progress, text)
+    progress.starting()  # inspect_shards: "starting" from now, not "not a dataset" until the encoders load
     device, dtype, compile_ = resolve_compute(config)
     tokenizer_factory = tokenizer_factory or functools.partial(
         asset_loading.load_tokenizers, task.assets, config.text.t5_max_length
@@ -94,7 +98,7 @@ def run_task(
         remove_stale(task.output, {contract.store_name(t.name) for t in tars}, config.run.stale_temporary_s)
         if not text:
             write_empty_prompt(task.output, identity, empty)
-        return encode_tars(config, task.output, task_of, tars, workers, encoder, identity, started, out, text)
+        return encode_tars(config, task.output, task_of, tars, workers, encoder, identity, started, progress, text)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
             raise Stage1Error(

@@ -62,7 +62,7 @@ def encode_tars(
     encoder: BatchEncoder | None,
     identity: Identity | None,
     started: float,
-    out: TextIO,
+    progress: Progress,
     text: TextDataset | None = None,
 ) -> TaskResult:
     """Encode ``tars`` (those of array task ``task`` = (index, count)) into stores of ``dataset``;
@@ -71,9 +71,6 @@ def encode_tars(
     each sample paired with its row in ``text``."""
     shards = contract.shards_dir(dataset)
     shards.mkdir(parents=True, exist_ok=True)
-    progress = Progress(
-        dataset, *task, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
-    )
     fingerprints = {t.name: t.fingerprint().to_dict() for t in tars}
     todo = []
     for tar in tars:

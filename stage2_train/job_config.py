@@ -1,7 +1,7 @@
 """Config sections Stage 2 adds to TorchTitan's (``[job] custom_config_module = "stage2_train.job_config"``).
 
-``[training]``, ``[encoder]`` and ``[validation]`` keep the names of TorchTitan's Flux config, so a seed
-user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed dataset has, and
+``[training]``, ``[encoder]`` and ``[validation]`` keep the names of TorchTitan's Flux config, so a
+TorchTitan Flux user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed dataset has, and
 ``[validation] prompts_path, image_freq, seed`` what only stored prompt encodings need. Everything else
 (``[training] dataset_path, local_batch_size, steps``, ``[training.dataloader]``, ``[validation] enable,
 freq, steps, local_batch_size, dataset_path``, ``[validation.dataloader]``, ``[parallelism]``,

@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--shards", type=int, required=True)
     sample.add_argument("--per-shard", type=int, required=True)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--scale", type=int, default=1, choices=range(1, 5), metavar="K",
+        help="multiply every image side by K (default 1: short sides 48-512 px, 1 in 8 below 256 px; 2: 96-1024 px, "
+        "for trying a 512 px encode, --image.size 512)",
+    )
     fetch = commands.add_parser("fetch", help="download the real files (HF_TOKEN, ~10 GB)")
     fetch.add_argument("--out", required=True)
     tars = commands.add_parser("cc12m", help=f"download {cc12m.REPO_ID}'s tars (HF_TOKEN, ~1 TB)")
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny":
             print(f"wrote tiny assets (seed {args.seed}) to {assets.write_tiny_assets(args.out, args.seed)}")
         elif args.command == "sample-data":
-            paths = assets.write_sample_tars(args.out, args.shards, args.per_shard, args.seed)
+            paths = assets.write_sample_tars(args.out, args.shards, args.per_shard, args.seed, args.scale)
             print(f"wrote {len(paths)} tars x {args.per_shard} samples to {args.out}")
         elif args.command == "fetch":
             print(f"fetched and verified {assets.fetch_assets(args.out)}")
