@@ -102,8 +102,11 @@ def train_rows(
         rows.append(train_identity_row(dataset, job, flavor))
         if rows[-1].status == OK:  # one micro-batch on every rank, as the sampler needs (at least one rank)
             batch = job.training.local_batch_size * (dp_degree or 1)
-            refusal = dataset_size_refusal(dataset, committed_samples(dataset), batch)
-            rows.append(Row("dataset size", FAIL, refusal) if refusal else Row("dataset size", OK, "fills a global batch"))
+            samples = committed_samples(dataset)
+            refusal = dataset_size_refusal(dataset, samples, batch)
+            rows.append(Row("dataset size", FAIL, refusal) if refusal else Row(
+                "dataset size", OK, f"{samples:,} samples fill a global batch of {batch:,}"
+            ))
         refusal = incomplete_dataset_refusal(job)  # a resume trains on its pinned stores: never refused
         rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)

@@ -183,3 +183,37 @@ def test_a_task_that_keeps_too_few_samples_ends_non_zero_and_inspect_says_why(ti
     assert "samples read" in capsys.readouterr().out.splitlines()[0]  # the headline
     normal = run_cli(large, tmp_path / "ds_large", tiny_assets, *at_512)
     assert normal.returncode == 0 and "too_small: 1" in normal.stdout, normal.stdout
+
+
+# --------------------------------------------------------------------------- on the local Slurm cluster
+
+
+def test_sbatch_from_another_directory_trains_150_steps_in_a_readable_log(slurm_cluster, small_dataset, tmp_path):
+    """Submitted from outside the checkout, ``train.sbatch`` finds its checkout; the job log holds the
+    preflight table, one line per step and a handful besides. A FLUX_PROJECT_DIR without a venv: one line."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    args = ("--job.config_file", TINY_CONFIG, "--training.dataset_path", small_dataset, *SMALL)
+    job = slurm_cluster.submit(
+        REPO / "slurm" / "train.sbatch", *args, "--job.dump_folder", tmp_path / "out", "--training.steps", "150",
+        sbatch_opts=["--nodes=1", "--output", str(tmp_path / "job.out")], env_extra={"NPROC_PER_NODE": "1"},
+        cwd=elsewhere, timeout=300,
+    )  # fmt: skip
+    log = job.log()
+    assert job.returncode == 0, log[-6000:]
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert sum(bool(STEP.match(line)) for line in lines) == 150
+    table = lines.index(next(line for line in lines if line.startswith("check "))), lines.index(
+        next(line for line in lines if line.startswith("preflight: "))
+    )
+    others = [line for line in lines[: table[0]] + lines[table[1] + 1 :] if not STEP.match(line)]
+    assert len(others) <= 10, "\n".join(others)
+
+    bare = tmp_path / "bare-checkout"
+    bare.mkdir()
+    job = slurm_cluster.submit(REPO / "slurm" / "train.sbatch", *args, sbatch_opts=["--output", str(tmp_path / "bare.out")],
+                               env_extra={"FLUX_PROJECT_DIR": str(bare)}, cwd=elsewhere)  # fmt: skip
+    assert job.returncode == 1 and job.log().strip().splitlines() == [
+        f"flux-train: no {bare}/.venv/bin/python: run scripts/setup_cluster.sh in the checkout, or export "
+        "FLUX_PROJECT_DIR=/path/to/checkout before sbatch"
+    ], job.log()

@@ -147,7 +147,7 @@ def test_trainer_refuses_a_global_batch_it_cannot_split_before_training(tmp_path
     result = run_stage2(1, dataset, tmp_path / "out", "--training.global_batch_size", "6", "--training.steps", "1")
     assert result.returncode != 0
     assert (
-        "ValueError: training.global_batch_size 6 must be -1 (no gradient accumulation) or a positive multiple of "
+        "stage2_train: error: training.global_batch_size 6 must be -1 (no gradient accumulation) or a positive multiple of "
         "training.local_batch_size 4 x 1 data-parallel rank(s) = 4" in result.stderr
     )
     assert "AssertionError" not in result.stderr and "step:" not in result.stdout + result.stderr
