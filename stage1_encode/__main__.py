@@ -22,6 +22,8 @@ import signal
 import sys
 from pathlib import Path
 
+from transformers.utils.logging import disable_progress_bar
+
 from shared.asset_loading import AssetsError
 from shared.kept_share import few_kept
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
@@ -73,6 +75,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, EncodeConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     args, config = parse_args(sys.argv[1:] if argv is None else argv)
+    disable_progress_bar()  # a task log has our progress lines; tqdm bars (sharded T5-XXL) are noise in it
 
     def terminate(signum: int, _frame: object) -> None:
         raise Terminated(f"terminated by signal {signum}")

@@ -78,22 +78,29 @@ def test_preflight_refuses_each_mistake_in_one_line_with_the_fix(capsys, small_d
 
 
 def test_a_refusal_in_the_job_is_one_line_and_torchruns_summary(small_dataset, tmp_path):
-    """Started by hand past preflight: the trainer's one line, torchrun's own log lines and its summary
-    block, which names that line; no traceback anywhere, nothing trained."""
+    """Started by hand past preflight: the trainer's one line (every refusal in it), torchrun's own log
+    lines and its summary block, which names that line; no traceback anywhere, nothing trained."""
+    start_from = tmp_path / "run256" / "checkpoint" / "step-3"
+    start_from.mkdir(parents=True)
+    refusal = (
+        f"checkpoint.initial_load_path {start_from} would not be loaded: TorchTitan loads no checkpoint while "
+        f"[checkpoint] enable is false; add --checkpoint.enable; {FP8_REFUSAL}"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "stage2_train.torchrun", "--standalone", "--nproc_per_node=1", "-m", "stage2_train",
          "--job.config_file", str(TINY_CONFIG), "--training.dataset_path", str(small_dataset),
-         "--job.dump_folder", str(tmp_path / "out"), *SMALL, "--model.converters", "float8"],
+         "--job.dump_folder", str(tmp_path / "out"), *SMALL, "--model.converters", "float8",
+         "--checkpoint.initial_load_path", str(start_from)],
         cwd=REPO, env=torchrun_env(), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     err = result.stderr.splitlines()
-    assert err.count(f"stage2_train: error: {FP8_REFUSAL}") == 1, result.stderr
+    assert err.count(f"stage2_train: error: {refusal}") == 1, result.stderr
     summary = err.index("=" * 60)
     torchrun_log = re.compile(r"^[EWI]\d{4} [\d:.]+ \d+ \S*torch/distributed/elastic/\S+\] ")
     assert all(torchrun_log.match(line) or not line for line in err[1:summary]), result.stderr
     block = "\n".join(err[summary:])
-    assert "stage2_train FAILED" in block and f"traceback : stage2_train: error: {FP8_REFUSAL}" in block, block
+    assert "stage2_train FAILED" in block and f"traceback : stage2_train: error: {refusal}" in block, block
     assert "Traceback" not in result.stdout + result.stderr
     out = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(out) <= 2 and not any(STEP.match(line) for line in out), result.stdout  # full-log line, "Starting job"
