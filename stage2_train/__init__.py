@@ -15,6 +15,9 @@ Reads as TorchTitan does, one module per job:
       validation_loss      loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
       prompt_set / sampling / images   stored prompt encodings -> denoise -> AE decoder -> PNG grid
     metrics / ledger     samples/s, MFU, data wait; per-step record of samples and loss
-    train_spec / launch  registration and the ``python -m stage2_train`` entry (CPU/gloo without CUDA)
+    train_spec / launch  registration and the ``python -m stage2_train`` entry (CPU/gloo without CUDA;
+                         one process without torchrun)
+    refusals             requests a run cannot carry out, one line each: preflight and the trainer ask them
+    torchrun             ``python -m stage2_train.torchrun``: torchrun ending a failure with its summary only
     preflight            ``python -m stage2_train.preflight``: GPUs, network, dataset and checkpoint space
 """
