@@ -46,6 +46,8 @@ class SampleMetricsProcessor(MetricsProcessor):
         mfu = 100 * self.num_flops_per_token * samples_per_second / self.gpu_peak_flops
         memory = self.device_memory_monitor.get_peak_stats()  # before super() resets the peaks
         extra = {**(extra_metrics or {}), "throughput/samples_per_second_per_gpu": samples_per_second}
+        if torch.cuda.is_available():  # what the planner predicts (reserved adds the allocator's cache)
+            extra["memory/max_allocated(GiB)"] = torch.cuda.max_memory_allocated() / 2**30
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
         logger.info(  # TorchTitan's own step line is filtered out (``log_filter``): this one has its figures
             f"step: {step:2}  loss: {global_avg_loss:8.5f}  grad_norm: {grad_norm:7.4f}  "

@@ -46,6 +46,7 @@ def summarize(
         summary |= {
             "peak_reserved_gib": max(r["memory/max_reserved(GiB)"] for r in steps),
             "peak_active_gib": max(r["memory/max_active(GiB)"] for r in steps),
+            "peak_allocated_gib": max((r.get("memory/max_allocated(GiB)", -1.0) for r in steps)),
             "losses": [[r["step"], r["loss_metrics/global_avg_loss"]] for r in steps],
         }
     if timed:
