@@ -24,13 +24,12 @@ from pathlib import Path
 
 from transformers.utils.logging import disable_progress_bar
 
-from shared.asset_loading import AssetsError
 from shared.kept_share import few_kept
+from stage1_encode.asset_loading import AssetsError
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
-from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
-
 
 DAMAGED_SOURCES_EXIT = 3
 FEW_KEPT_EXIT = 4

@@ -4,7 +4,7 @@
 
 import sys
 
-from stage2_train.cli_help import printed_help
+from stage2_train.cli.help import printed_help
 
 if not printed_help(sys.argv[1:]):
     from stage2_train.launch import main

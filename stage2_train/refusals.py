@@ -55,7 +55,7 @@ def initial_load_refusal(job_config: JobConfig) -> str | None:
 
 def float8_refusal(job_config: JobConfig) -> str | None:
     """FP8 asked for on a machine that cannot run it (``float8.py`` refuses the same in the job)."""
-    from stage2_train.float8 import CONVERTER_NAME, float8_problem  # torchao is optional: imported here
+    from stage2_train.model.float8 import CONVERTER_NAME, float8_problem  # torchao is optional: imported here
 
     if CONVERTER_NAME not in job_config.model.converters:
         return None

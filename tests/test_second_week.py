@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import write_sample_tars
 from shared import inspect_shards
-from shared.assets import write_sample_tars
 from stage1_encode.config import load_config
-from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage2_train import preflight
 from test_stage1_pipeline import TINY_CONFIG as ENCODE_TINY
@@ -176,7 +176,7 @@ def test_a_task_that_keeps_too_few_samples_ends_non_zero_and_inspect_says_why(ti
     same tars at twice the size (``sample-data --scale 2``) skip 1 in 8, as CC12M does: exit 0."""
     small, large = tmp_path / "small", tmp_path / "large"
     write_sample_tars(small, shards=1, per_shard=8)
-    assert subprocess.run([sys.executable, "-m", "shared.assets", "sample-data", "--out", str(large), "--shards", "1",
+    assert subprocess.run([sys.executable, "-m", "fixtures", "sample-data", "--out", str(large), "--shards", "1",
                            "--per-shard", "8", "--scale", "2"], cwd=REPO, timeout=120).returncode == 0  # fmt: skip
     at_512 = ("--image.size", "512", "--workers.decode", "0")
     few = run_cli(small, tmp_path / "ds_small", tiny_assets, *at_512)
