@@ -26,8 +26,6 @@ from torchtitan.config import JobConfig
 from torchtitan.distributed import ParallelDims
 from torchtitan.protocols.model_converter import register_model_converter
 
-from stage2_train.refusals import Refusal, refuse
-
 CONVERTER_NAME = "float8"
 FLOAT8_CAPABILITY = (8, 9)
 """FP8 tensor cores: Ada (8.9), Hopper (9.0) and later."""
@@ -64,7 +62,7 @@ class FluxFloat8Converter(Float8LinearConverter):
         _refuse_unless_runnable(job_config)
         super().__init__(job_config, parallel_dims)
         if not self.enabled:  # TorchTitan only warns (e.g. a torchao too old for recipe_name)
-            raise Refusal("float8: TorchTitan could not configure torchao's Float8Linear (see the warning above)")
+            raise ValueError("float8: TorchTitan could not configure torchao's Float8Linear (see the warning above)")
         self.filter_fn = partial(is_float8_block_linear, filter_fqns=list(job_config.quantize.linear.float8.filter_fqns))
 
 
@@ -84,7 +82,10 @@ def float8_problem(job_config: JobConfig) -> str | None:
 
 
 def _refuse_unless_runnable(job_config: JobConfig) -> None:
-    refuse(float8_problem(job_config))
+    """The trainer refused already (``refusals.float8_refusal``); this guards any other user of the converter."""
+    problem = float8_problem(job_config)
+    if problem:
+        raise ValueError(problem)
 
 
 register_model_converter(FluxFloat8Converter, CONVERTER_NAME)
