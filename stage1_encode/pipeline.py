@@ -27,7 +27,7 @@ from stage1_encode.config import EncodeConfig
 from stage1_encode.dataset_setup import identity_and_empty_prompt, resolve_compute, write_empty_prompt
 from stage1_encode.encode import BatchEncoder, Encoders, load_encoders
 from stage1_encode.errors import Stage1Error
-from stage1_encode.identity import compute_record, image_policy, paired_identity, register_dataset
+from stage1_encode.identity import compute_record, image_policy, paired_identity, register_dataset, same_settings
 from stage1_encode.prepare import Workers
 from stage1_encode.progress import Progress, TaskResult
 from stage1_encode.scheduler import encode_tars, nothing_to_encode
@@ -68,10 +68,12 @@ def run_task(
     progress = Progress(
         task.output, *task_of, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
     )
-    if nothing_to_encode(task.output, tars, stores_text=text is None):  # no weights loaded for nothing
+    device, dtype, compile_ = resolve_compute(config)
+    if nothing_to_encode(task.output, tars, stores_text=text is None) and same_settings(
+        config, compute_record(dtype, compile_), contract.read_identity(task.output)
+    ):  # no weights loaded for nothing
         return encode_tars(config, task.output, task_of, tars, None, None, None, started, progress, text)
     progress.starting()  # inspect_shards: "starting" from now, not "not a dataset" until the encoders load
-    device, dtype, compile_ = resolve_compute(config)
     tokenizer_factory = tokenizer_factory or functools.partial(
         asset_loading.load_tokenizers, task.assets, config.text.t5_max_length
     )
