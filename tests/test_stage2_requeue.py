@@ -57,7 +57,8 @@ def _submit(slurm_cluster, dataset: Path, dump: Path, log: Path, steps: int, nod
         *("--job.config_file", TINY_CONFIG, "--training.dataset_path", dataset, "--job.dump_folder", dump),
         *COMMON, "--training.steps", str(steps), *overrides,
         sbatch_opts=["--output", str(log), "--nodes", str(nodes)],
-        env_extra={"NPROC_PER_NODE": "1"},
+        # The stop file goes to $TMPDIR/flux-train-<job id>.stop: concurrent local clusters all number jobs from 1.
+        env_extra={"NPROC_PER_NODE": "1", "TMPDIR": str(log.parent)},
         wait=False,
     )
 
