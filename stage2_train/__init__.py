@@ -15,6 +15,7 @@ Reads as TorchTitan does, one module per job:
       validation_loss      loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
       prompt_set / sampling / images   stored prompt encodings -> denoise -> AE decoder -> PNG grid
     metrics / ledger     samples/s, MFU, data wait; per-step record of samples and loss
+    rank_log             every rank's peak allocated/reserved memory and step time, <dump>/ranks/
     train_spec / launch  registration and the ``python -m stage2_train`` entry (CPU/gloo without CUDA)
     preflight            ``python -m stage2_train.preflight``: GPUs, network, dataset and checkpoint space
 """
