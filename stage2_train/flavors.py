@@ -52,6 +52,8 @@ FLAVORS: dict[str, PrecomputedFluxArgs] = {
     "flux-dev": _precomputed(flux_args["flux-dev"]),
     # Benchmark size: 8 double + 16 single blocks (5.0 B parameters), fits one GPU with FSDP.
     "flux-schnell-8x16": _precomputed(flux_args["flux-schnell"], depth=8, depth_single_blocks=16),
+    # Checkpoint benchmark size: 4 + 8 blocks (2.5 B), fp32 + AdamW ~30 GB, fits a 64 GiB disk with room to write.
+    "flux-schnell-4x8": _precomputed(flux_args["flux-schnell"], depth=4, depth_single_blocks=8),
     # Matches the tiny test encoders (T5 width 32, CLIP width 32, a 16-channel AE with 8x downsampling).
     "flux-tiny": PrecomputedFluxArgs(
         in_channels=64,
