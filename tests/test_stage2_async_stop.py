@@ -15,7 +15,7 @@ import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
 from slurm_helpers import TERMINAL_STATES
-from stage2_train.rank_log import read_rank_logs
+from stage2_train.monitor.rank_log import read_rank_logs
 from test_stage2_helpers import write_tiny_dataset
 from test_stage2_requeue import _records, _submit, _wait_for_step
 

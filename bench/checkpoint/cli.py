@@ -17,7 +17,7 @@ from bench.stage2.cli import gpu_name
 from bench.stage2.figures import Figures, flops_per_sample
 from bench.stage2.inputs import stage1_dataset
 from bench.stage2.variants import VARIANTS
-from stage2_train.rank_log import read_rank_logs
+from stage2_train.monitor.rank_log import read_rank_logs
 
 BENCHMARK = "stage2_checkpoint"
 MODES = ("disabled", "async", "async_with_pinned_mem")
