@@ -100,7 +100,7 @@ def test_time_limit_signal_checkpoints_requeues_and_matches_uninterrupted_losses
     for stop in stops:
         assert (dump / "checkpoint" / f"step-{stop}" / ".metadata").exists()
         assert f"stopping at step {stop}: time limit (SIGUSR1); checkpoint step-{stop} saved" in text
-        assert f"requeueing job {job.job_id} to resume at step {stop + 1}" in text
+        assert f"requeueing job {job.job_id} to resume at step {stop + 1} (Slurm holds a requeued job PENDING" in text
         assert f"Training starts at step {stop + 1}" in text
     assert [f"start {n} of job {job.job_id}" in text for n in (1, 2, 3)] == [True] * 3
     for rank in range(2):
