@@ -11,6 +11,7 @@ checkpoints) beside the rows every stage shares (``shared.preflight``).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -33,6 +34,7 @@ from stage2_train.arguments import argument_problems
 from stage2_train.flavors import FLAVORS
 from stage2_train.dataset_extent import incomplete_dataset_refusal
 from stage2_train.identity_check import identity_differences
+from stage2_train.plan_check import memory_refusal
 
 TRAIN_BYTES_PER_PARAM = 16
 """Training state in memory: fp32 weights, gradients and AdamW's two moments."""
@@ -89,6 +91,7 @@ def train_rows(
     ]
     if job.training.global_batch_size >= 0:  # gradient accumulation asked for
         rows.append(global_batch_row(job, degrees, cluster))
+    rows.append(gpu_memory_row(job, degrees, cluster))
     if not job.training.dataset_path:
         rows.append(Row("dataset", FAIL, "no dataset: give --training.dataset_path DIR"))
     else:
@@ -107,10 +110,7 @@ def global_batch_row(job_config: JobConfig, degrees: Mapping[str, int], cluster:
     """``training.global_batch_size`` against the local batch and the data-parallel degree (replicate x
     shard; an automatic shard degree from the allocation's GPUs, as TorchTitan resolves it)."""
     training = job_config.training
-    shard = degrees["shard"]
-    if shard == -1:
-        world = cluster.nodes * (cluster.allocated_gpus or cluster.visible_gpus)
-        shard = world // (degrees["replicate"] * degrees["tp"] * degrees["cp"] * degrees["pp"])
+    shard = resolved_shard(degrees, cluster)
     if shard < 1:
         return Row("global batch", OK, f"{training.global_batch_size}: checked against the data-parallel degree at start")
     dp_degree = degrees["replicate"] * shard
@@ -124,6 +124,34 @@ def global_batch_row(job_config: JobConfig, degrees: Mapping[str, int], cluster:
         f"{training.global_batch_size} = {micro_batches} micro-batch(es) x {dp_degree} data-parallel rank(s) x "
         f"{training.local_batch_size} per optimizer step",
     )
+
+
+def resolved_shard(degrees: Mapping[str, int], cluster: system.Cluster) -> int:
+    """The shard degree; an automatic one (-1) from the allocation's GPUs, as TorchTitan resolves it."""
+    if degrees["shard"] != -1:
+        return degrees["shard"]
+    world = cluster.nodes * (cluster.allocated_gpus or cluster.visible_gpus)
+    return world // (degrees["replicate"] * degrees["tp"] * degrees["cp"] * degrees["pp"])
+
+
+def gpu_memory_row(job_config: JobConfig, degrees: Mapping[str, int], cluster: system.Cluster) -> Row:
+    """The planner's peak per GPU for this config against the GPU's memory (``plan_check``): the real
+    GPU's when there is one, else ``--stage2.gpu_memory_gib``; neither: not checked."""
+    gib = job_config.stage2.gpu_memory_gib
+    if not gib and torch.cuda.is_available():
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if not gib:
+        return Row("GPU memory", OK, "not checked: no GPU here (--stage2.gpu_memory_gib GiB checks it)")
+    shard = resolved_shard(degrees, cluster)
+    if shard < 1:
+        return Row("GPU memory", OK, "not checked: the shard degree is decided at start (give it to check)")
+    job_config = copy.deepcopy(job_config)
+    job_config.parallelism.data_parallel_shard_degree = shard
+    try:
+        refusal, checked = memory_refusal(job_config, gib)
+    except ValueError as e:  # a setting the planner cannot build (parallelize refuses it in one line)
+        return Row("GPU memory", FAIL, str(e))
+    return Row("GPU memory", FAIL, refusal) if refusal else Row("GPU memory", OK, checked)
 
 
 def model_parameters(flavor: FluxModelArgs) -> int:
