@@ -51,7 +51,7 @@ def fits_of_plan(job: JobConfig, plan: dict[str, Any]) -> dict[str, list[list[fl
 
 def record_fits(job: JobConfig, plan: dict[str, Any], path: Path = FITS) -> None:
     fits = recorded_fits(path) | fits_of_plan(job, plan)
-    path.write_text(json.dumps(dict(sorted(fits.items())), indent=1) + "\n")
+    path.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(fits.items())) + "\n}\n")
 
 
 def fit_for(job: JobConfig, mode: str | None = None) -> PeakEnvelope:
