@@ -4,8 +4,8 @@
         [--out bench/results/plan_calibration_h200.jsonl]
 
 Reads the Stage 2 benchmark's records (``python -m bench.stage2``: one run = the figures of one variant
-at one batch, image size and date; ``peak_allocated_gib`` where the run recorded it, else
-``peak_active_gib``, which the caching allocator reports alike for one stream) and our trainer's runs
+at one batch, image size and date; its ``peak_memory_allocated`` figure, or a ``peak_allocated_gib``
+field, where the run recorded one, else ``peak_active_gib``) and our trainer's runs
 only. For each run the planner measures its config on fake tensors at world 1 (as the benchmark runs:
 FSDP2 with a shard degree of 1) and reports predicted vs measured peak, their ratio, whether it is
 within 10 %, and whether both agree that the batch fits the GPU. The fake step is eager: a compiled
@@ -46,7 +46,7 @@ def runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             run.update({k: v for k, v in r.items() if k not in ("figure", "value", "unit")})
             name = r["figure"].split(".", 1)[1]
             run[name] = r["value"]
-    return [r for r in grouped.values() if "peak_memory_reserved" in r or r.get("status") == "oom"]
+    return [r for r in grouped.values() if "peak_memory_reserved" in r or "peak_memory_allocated" in r or r.get("status") == "oom"]
 
 
 def job_args(run: dict[str, Any]) -> list[str]:
@@ -83,7 +83,8 @@ def note(run: dict[str, Any]) -> str:
 
 def compare(run: dict[str, Any], fit: PeakEnvelope) -> dict[str, Any]:
     predicted = fit.at(run["batch"]) / GIB
-    measured = run.get("peak_allocated_gib", run.get("peak_active_gib"))
+    kind = next((k for k in ("peak_memory_allocated", "peak_allocated_gib", "peak_active_gib") if run.get(k, -1) > 0), None)
+    measured = run[kind] if kind else None
     usable = usable_bytes(gpu_gib(run.get("device", ""))) / GIB
     measured_fits = run.get("status", "ok") != "oom"
     out = {"run": f"{run.get('variant')} batch {run['batch']} at {run.get('image_size', 256)} px",
@@ -91,7 +92,7 @@ def compare(run: dict[str, Any], fit: PeakEnvelope) -> dict[str, Any]:
            "image_size": run.get("image_size", 256), "activation_checkpointing": run["activation_checkpointing"],
            "compile_blocks": run.get("compile_blocks"), "float8": run.get("float8"),
            "predicted_peak_gib": round(predicted, 4),
-           "measured_peak_allocated_gib": measured, "measured_kind": "allocated" if "peak_allocated_gib" in run else "active",
+           "measured_peak_allocated_gib": measured, "measured_kind": "active" if kind == "peak_active_gib" else "allocated",
            "measured_peak_reserved_gib": run.get("peak_memory_reserved"),
            "measured_fits": measured_fits, "predicted_fits": predicted <= usable, "usable_gib": round(usable, 2),
            "note": note(run)}  # fmt: skip

@@ -23,7 +23,8 @@ def test_calibration_reports_each_run_side_by_side(tmp_path):
     results = tmp_path / "calibration.jsonl"
     lines = [
         record("bf16.samples_per_s_per_gpu", 10.0, 2),
-        record("bf16.peak_memory_reserved", 0.03, 2, peak_active_gib=0.02, peak_allocated_gib=0.015),
+        record("bf16.peak_memory_reserved", 0.03, 2, peak_active_gib=0.02),
+        record("bf16.peak_memory_allocated", 0.015, 2),
         record("bf16.status", "oom", 4096),
         record("online.peak_memory_reserved", 50.0, 2, trainer="online"),  # not our trainer: left out
     ]

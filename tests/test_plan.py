@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from shared.preflight.system import Cluster
+from shared.preflight.table import FAIL, OK, Row
 from stage2_train.plan_check import fits_of_plan, recorded_fits
 from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, parse_job_config
 
@@ -102,26 +104,25 @@ def test_state_bytes_per_rank_equal_a_real_run(tmp_path, replicate, shard):
     assert fits and {k: recorded_fits().get(k) for k in fits} == fits
 
 
-def preflight_memory_row(*overrides: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "stage2_train.preflight", "--job.config_file", str(TINY_CONFIG), *degrees(1, 2), *overrides],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    rows = [line for line in result.stdout.splitlines() if "GPU memory" in line]
-    assert len(rows) == 1, result.stdout + result.stderr[-2000:]
-    return rows[0]
+def preflight_memory_row(*overrides: str) -> Row:
+    """Preflight's GPU memory row for flux-tiny sharded over 2 (its recorded fit: no fake step here)."""
+    from stage2_train import preflight
+
+    job = parse_job_config(*degrees(1, 2), *overrides)
+    shape = {"replicate": 1, "shard": 2, "tp": 1, "cp": 1, "pp": 1}
+    return preflight.gpu_memory_row(job, shape, Cluster(nodes=1, allocated_gpus=None, visible_gpus=0))
 
 
 def test_preflight_refuses_a_config_that_does_not_fit_and_names_one_that_does():
     tiny_gpu = "1.07"  # GiB: 5 % headroom and the 1 GiB allocator margin leave ~17 MiB for flux-tiny's step
     refused = preflight_memory_row("--stage2.gpu_memory_gib", tiny_gpu, "--training.local_batch_size", "16")
-    assert "FAIL" in refused and "does not fit: batch 16" in refused
-    suggested = re.search(r"--training.local_batch_size (\d+) fits", refused)
+    assert refused.status == FAIL and refused.detail.startswith("does not fit: batch 16") and "\n" not in refused.detail
+    suggested = re.search(r"--training.local_batch_size (\d+) fits", refused.detail)
     assert suggested, refused
     passed = preflight_memory_row("--stage2.gpu_memory_gib", tiny_gpu, "--training.local_batch_size", suggested[1])
-    assert "OK" in passed and "FAIL" not in passed
-    assert "OK" in preflight_memory_row("--stage2.gpu_memory_gib", "80", "--training.local_batch_size", "16")
-    assert "not checked" in preflight_memory_row()  # no GPU here and no --stage2.gpu_memory_gib
+    assert passed.status == OK, passed
+    assert preflight_memory_row("--stage2.gpu_memory_gib", "80", "--training.local_batch_size", "16").status == OK
+    assert "not checked" in preflight_memory_row().detail  # no GPU here and no --stage2.gpu_memory_gib
 
 
 def test_recorded_fits_equal_the_committed_plans():
