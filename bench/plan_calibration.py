@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from stage2_train.device import use_cpu_if_no_cuda
-from stage2_train.flavors import FLAVORS
+from stage2_train.infra.device import use_cpu_if_no_cuda
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.plan import PROBE_BATCHES, fake_world, fitted, measure_mode
 from stage2_train.plan_sizing import GIB, PeakEnvelope, usable_bytes
 

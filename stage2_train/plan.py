@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 from torchtitan.config import ConfigManager, JobConfig
 
-from stage2_train.arguments import argument_problems
-from stage2_train.device import use_cpu_if_no_cuda
-from stage2_train.flavors import FLAVORS
-from stage2_train.parallelize import checkpoint_every
+from stage2_train.cli.arguments import argument_problems
+from stage2_train.infra.device import use_cpu_if_no_cuda
+from stage2_train.model.flavors import FLAVORS
+from stage2_train.infra.parallelize import checkpoint_every
 from stage2_train.plan_check import record_fits
 from stage2_train.plan_memory import StepMemory
 from stage2_train.plan_report import print_plan

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torchtitan.config import JobConfig
 
-from stage2_train.device import use_cpu_if_no_cuda
+from stage2_train.infra.device import use_cpu_if_no_cuda
 from stage2_train.plan_sizing import GIB, PeakEnvelope, usable_bytes
 
 FITS = Path(__file__).with_name("plan_fits.json")

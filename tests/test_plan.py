@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from shared.preflight.system import Cluster
-from shared.preflight.table import FAIL, OK, Row
+from preflight.system import Cluster
+from preflight.table import FAIL, OK, Row
 from stage2_train.plan_check import fits_of_plan, recorded_fits
 from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, parse_job_config
 
@@ -46,7 +46,7 @@ def distinct_bytes(tensors: list[torch.Tensor]) -> int:
 
 def real_step(rank: int, world: int, replicate: int, init_file: str, out: str) -> None:
     """Two real training steps on gloo; rank 0 writes its state bytes by kind."""
-    from stage2_train.device import use_cpu_if_no_cuda
+    from stage2_train.infra.device import use_cpu_if_no_cuda
     from stage2_train.plan_step import build, train_step
 
     use_cpu_if_no_cuda()
