@@ -1,13 +1,12 @@
 """Peak memory of one training step by kind, and the bytes its collectives move — counted on storages.
 
-Why our own accounting and not ``torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker``: that
-tracker labels every tensor an op creates while ``optimizer.step`` runs as optimizer state. On the
-first step AdamW creates its state lazily inside the step, and every temporary the step makes (the
-fused/foreach kernels' intermediates, DTensor redistribution buffers) is booked as optimizer state
-too, and it reports the peak of each label separately rather than what is live at one moment; for
-flux-schnell 2 x 8 that came to 149.5 GiB "optimizer state" where AdamW's two fp32 moments of a
-1/8 shard are 11.1 GiB. Here a storage's kind is decided by *what it is* at the moment of the peak,
-not by when it was made:
+Why our own accounting and not ``torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker``: a quick
+try with that tracker reported 149.5 GiB of optimizer state per rank for flux-schnell 2 x 8, where
+AdamW's two fp32 moments of a 1/8 shard are 11.1 GiB. Its code labels a tensor by the moment it is
+made — everything made while ``optimizer.step`` runs is optimizer state, including AdamW's lazily made
+state on the first step and every temporary of the step — which is the likely cause (read, not
+reproduced here). Here a storage's kind is decided by *what it is* at the moment of the peak, not
+by when it was made:
 
 * parameters, gradients, optimizer state: the storages behind the sharded parameters, their ``.grad``
   and ``optimizer.state`` after the step (one storage counted once, however many views share it —
@@ -18,7 +17,8 @@ not by when it was made:
 * activations: what the forward made and is still live (saved for backward).
 
 The optimizer state exists before the measured step (a warm-up step made it), as in every step but
-the first, so the peak is the steady state's. Works on real tensors and on fake ones (``FakeTensorMode``:
+the first, so the peak is the steady state's; the step's live total is also recorded after every op
+(``series``), from which ``plan_sizing.PeakEnvelope`` solves the peak at any batch. Works on real tensors and on fake ones (``FakeTensorMode``:
 each fake storage has its real size).
 """
 
