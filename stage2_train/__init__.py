@@ -18,7 +18,7 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
                  identity_check · ledger (per-step record of samples and loss)
     validation/  validator · loss (held-out loss, stratified timesteps) · prompt_set / sampling / images
                  (stored prompt encodings -> denoise -> AE decoder -> PNG grid)
-    monitor/     metrics (samples/s, MFU, data wait, memory) · log_filter (one line per step, each
-                 warning once) · wandb_mode
+    monitor/     metrics (samples/s, MFU, data wait, memory) · rank_log (every rank's peak memory and
+                 step time, <dump>/ranks/) · log_filter (one line per step, each warning once) · wandb_mode
     cli/         arguments (what the command takes) · help (its --help)
 """

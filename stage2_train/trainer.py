@@ -27,7 +27,7 @@ from torchtitan.train import Trainer
 from stage2_train.data.dataset import load_empty_prompt
 from stage2_train.data.ledger import SampleLedger
 from stage2_train.infra.accumulation import MicroBatchCounter, check_global_batch
-from stage2_train.infra.stop_request import StopRequest, checkpoint_now
+from stage2_train.infra.stop_request import StopRequest, checkpoint_now, wait_for_pending_save
 from stage2_train.step import flow_matching_batch, step_generator
 
 
@@ -80,7 +80,9 @@ class PrecomputedFluxTrainer(FluxTrainer):
         if not self.job_config.checkpoint.enable:
             logger.warning(f"stopping at step {self.step}: {reason}; checkpointing is off, a rerun starts over")
             return False
-        if not already_saved:
+        if already_saved:
+            wait_for_pending_save(self.checkpointer)  # this step's interval save may still be writing
+        else:
             checkpoint_now(self.checkpointer, self.step)
         self.stop_request.acknowledge(self.step)
         logger.info(f"stopping at step {self.step}: {reason}; checkpoint step-{self.step} saved, "
