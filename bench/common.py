@@ -6,13 +6,16 @@ same line as the number so ``bench/results/*.jsonl`` files stand on their own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 import torch
 
@@ -52,3 +55,15 @@ def emit(
     out.write(json.dumps(record) + "\n")
     out.flush()
     return record
+
+
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """A benchmark's scratch directory: ``keep`` (a ``--keep DIR`` to look at afterwards), else a temporary
+    one removed at the end, also when the run fails."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)

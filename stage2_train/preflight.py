@@ -22,7 +22,7 @@ import torch
 from torchtitan.config import ConfigManager, JobConfig
 from torchtitan.models.flux.model.args import FluxModelArgs
 
-from shared import contract, pairing
+from shared import contract
 from shared.assets.hub import free_bytes
 from shared.contract import ContractError
 from shared.preflight import storage, system
@@ -33,6 +33,7 @@ from stage2_train.arguments import argument_problems
 from stage2_train.flavors import FLAVORS
 from stage2_train.dataset_extent import incomplete_dataset_refusal
 from stage2_train.identity_check import identity_differences
+from stage2_train.manifest import read_manifest
 
 TRAIN_BYTES_PER_PARAM = 16
 """Training state in memory: fp32 weights, gradients and AdamW's two moments."""
@@ -143,12 +144,10 @@ def train_identity_row(dataset: Path, job_config: JobConfig, flavor: FluxModelAr
     differences = identity_differences(identity, flavor, job_config)
     if differences:
         return Row("dataset", FAIL, f"{dataset} does not fit {job_config.model.flavor}: {'; '.join(differences)}")
-    if not identity.stores_text:  # an image dataset of the resolution ladder: its text dataset, unchanged
-        try:
-            pairing.check_stores(dataset, pairing.TextDataset.of(dataset))
-        except (ContractError, OSError, ValueError) as e:
-            return Row("dataset", FAIL, str(e))
-    stores = len(contract.committed_store_paths(dataset))
+    try:  # what the trainer's rank 0 reads at start (a ladder dataset: its text dataset, unchanged)
+        stores = len(read_manifest(dataset, identity).stores)
+    except (ContractError, OSError, ValueError) as e:
+        return Row("dataset", FAIL, str(e))
     if not stores:
         return Row("dataset", FAIL, f"{dataset}: identity fits, but no committed stores to train on")
     return Row("dataset", OK, f"{dataset}: identity {identity.digest()} fits {job_config.model.flavor}, {stores:,} stores")

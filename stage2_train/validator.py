@@ -38,6 +38,7 @@ from shared.contract import ContractError, Identity
 from stage2_train.data import open_dataset, precomputed_dataset
 from stage2_train.flavors import FLAVORS
 from stage2_train.images import ImageSampler
+from stage2_train.manifest import read_manifest, shared_manifest
 from stage2_train.metrics import SampleMetricsProcessor
 from stage2_train.prompt_set import load_prompt_set
 from stage2_train.validation_loss import STRATIFIED_TIMESTEPS, ValidationLoss
@@ -69,9 +70,10 @@ class PrecomputedFluxValidator(BaseValidator):
         root, identity = open_dataset(job_config)
         self.loss = None
         if config.dataset_path:
-            dataset = precomputed_dataset(
-                check_held_out(Path(config.dataset_path), root, identity), identity, job_config.stage2.on_corrupt
-            )
+            held_out = Path(config.dataset_path)
+            # Checked and read on rank 0 only, as the training dataset (``manifest``).
+            manifest = shared_manifest(lambda: read_manifest(check_held_out(held_out, root, identity), identity))
+            dataset = precomputed_dataset(held_out, identity, job_config.stage2.on_corrupt, manifest)
             self.loss = ValidationLoss(dataset, job_config, dp_rank, dp_world_size)
             timesteps = len(STRATIFIED_TIMESTEPS) if config.all_timesteps else 1
             logger.info(
