@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
@@ -67,3 +67,13 @@ def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in_workdir(benchmark: str, keep: Path | None, prefix: str, run: Callable[[Path], dict]) -> int:
+    """``run(workdir)`` in ``work_dir(keep, prefix)``, then emit its figures:
+    ``{"values": [(figure, value, unit), …], "context": {…}}``."""
+    with work_dir(keep, prefix) as work:
+        figures = run(work)
+    for figure, value, unit in figures["values"]:
+        emit(benchmark, figure, value, unit, **figures["context"])
+    return 0

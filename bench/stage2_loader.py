@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, emit, work_dir
+from fixtures.synthetic import schnell_identity, write_synthetic_dataset
 from shared import contract
-from shared.synthetic import schnell_identity, write_synthetic_dataset
-from stage2_train.data import build_precomputed_dataloader, collate
-from stage2_train.elastic_loader import ElasticDataloader
+from stage2_train.data.dataset import collate
+from stage2_train.data.elastic_loader import ElasticDataloader
+from stage2_train.data.loader import build_precomputed_dataloader
 
 CONFIG = REPO / "configs" / "flux_schnell.toml"
 

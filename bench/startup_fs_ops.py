@@ -30,7 +30,7 @@ CONFIG = REPO / "configs" / "flux_tiny.toml"
 
 def flux_tiny_identity() -> Identity:
     """An identity configs/flux_tiny.toml trains on (tiny arrays: the count does not depend on them)."""
-    from stage2_train.flavors import FLAVORS
+    from stage2_train.model.flavors import FLAVORS
 
     return Identity(
         t5_max_length=256, t5_dim=32, clip_dim=32, image_size=256,

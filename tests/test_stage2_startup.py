@@ -1,4 +1,4 @@
-"""Start-up at CC12M scale: rank 0 alone reads the stores' metadata and broadcasts it (``stage2_train.manifest``),
+"""Start-up at CC12M scale: rank 0 alone reads the stores' metadata and broadcasts it (``stage2_train.data.manifest``),
 so what the other ranks read before their first step does not grow with the number of stores."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from shared.contract import ContractError
 from shared.heartbeat import Heartbeat, write_heartbeat
-from stage2_train.data import PrecomputedDataset
-from stage2_train.manifest import DatasetManifest, read_manifest
+from stage2_train.data.dataset import PrecomputedDataset
+from stage2_train.data.manifest import DatasetManifest, read_manifest
 from test_stage2_helpers import REPO_ROOT, run_stage2, tiny_identity, write_tiny_dataset
 
 STORES = 40
