@@ -6,6 +6,7 @@ same line as the number so ``bench/results/*.jsonl`` files stand on their own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
@@ -56,15 +57,23 @@ def emit(
     return record
 
 
-def run_in_workdir(benchmark: str, keep: Path | None, prefix: str, run: Callable[[Path], dict]) -> int:
-    """``run(workdir)`` in ``keep`` or a temporary folder (removed after), then emit its figures:
-    ``{"values": [(figure, value, unit), …], "context": {…}}``."""
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """A benchmark's scratch directory: ``keep`` (a ``--keep DIR`` to look at afterwards), else a temporary
+    one removed at the end, also when the run fails."""
     work = keep or Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        figures = run(work)
+        yield work
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in_workdir(benchmark: str, keep: Path | None, prefix: str, run: Callable[[Path], dict]) -> int:
+    """``run(workdir)`` in ``work_dir(keep, prefix)``, then emit its figures:
+    ``{"values": [(figure, value, unit), …], "context": {…}}``."""
+    with work_dir(keep, prefix) as work:
+        figures = run(work)
     for figure, value, unit in figures["values"]:
         emit(benchmark, figure, value, unit, **figures["context"])
     return 0

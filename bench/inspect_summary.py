@@ -19,14 +19,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import zarr
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 
-from bench.common import REPO, emit
+from bench.common import REPO, emit, work_dir
 from fixtures.synthetic import write_synthetic_dataset
 from shared import contract, heartbeat
 from shared.contract import Identity
@@ -43,9 +42,10 @@ def tiny_identity() -> Identity:
     )
 
 
-def build(out: Path, stores: int, tasks: int) -> None:
-    """A complete dataset of ``stores`` stores named like CC12M's, with ``tasks`` done heartbeats."""
-    write_synthetic_dataset(out, tiny_identity(), TEMPLATES, samples_per_store=8, samples_per_shard=4)
+def build(out: Path, stores: int, tasks: int, identity: Identity | None = None) -> None:
+    """A complete dataset of ``stores`` stores named like CC12M's, with ``tasks`` done heartbeats (also
+    ``bench.startup_fs_ops``' dataset, with an ``identity`` a model trains on)."""
+    write_synthetic_dataset(out, identity or tiny_identity(), TEMPLATES, samples_per_store=8, samples_per_shard=4)
     templates = contract.committed_store_paths(out)
     names = [f"cc12m-train-{i:04d}" for i in range(stores)]
     for i, name in enumerate(names):
@@ -87,16 +87,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="build the dataset here and keep it")
     args = parser.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="inspect-bench-"))
-    try:
+    with work_dir(args.keep, "inspect-bench-") as root:
         dataset = root / "ds"
         build(dataset, args.stores, args.tasks)
         seconds, headline = time_summary(dataset, args.repeats)
         emit("inspect_summary", "summary_seconds", round(seconds, 3), "s", stores=args.stores, tasks=args.tasks,
              repeats=args.repeats, headline=headline)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

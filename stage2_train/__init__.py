@@ -16,8 +16,9 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
                  stop_request (agreed stop on a signal) · accumulation (micro-batches per step)
     data/        dataset (samples, collate, empty prompt) · paired (ladder datasets) · sampler (global,
                  elastic order) · elastic_loader (its checkpointed state, pinned stores) · loader (opening
-                 a dataset, building the loader) · extent (refusing an unfinished dataset) ·
-                 identity_check · ledger (per-step record of samples and loss)
+                 a dataset, building the loader) · manifest (the stores, read on rank 0 and broadcast) ·
+                 extent (refusing an unfinished dataset) · identity_check · ledger (per-step record of samples
+                 and loss)
     validation/  validator · loss (held-out loss, stratified timesteps) · prompt_set / sampling / images
                  (stored prompt encodings -> denoise -> AE decoder -> PNG grid)
     monitor/     metrics (samples/s, MFU, data wait, memory) · rank_log (every rank's peak memory and

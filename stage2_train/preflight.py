@@ -26,12 +26,13 @@ from torchtitan.models.flux.model.args import FluxModelArgs
 from preflight import storage, system
 from preflight.storage import free_bytes
 from preflight.table import FAIL, OK, Row, command_line, print_table
-from shared import contract, pairing
+from shared import contract
 from shared.contract import ContractError
 from shared.units import count, size
 from stage2_train.cli.arguments import argument_problems
 from stage2_train.data.extent import incomplete_dataset_refusal
 from stage2_train.data.identity_check import identity_differences
+from stage2_train.data.manifest import read_manifest
 from stage2_train.infra.accumulation import global_batch_refusal
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.plan.check import memory_refusal
@@ -198,12 +199,10 @@ def train_identity_row(dataset: Path, job_config: JobConfig, flavor: FluxModelAr
     differences = identity_differences(identity, flavor, job_config)
     if differences:
         return Row("dataset", FAIL, f"{dataset} does not fit {job_config.model.flavor}: {'; '.join(differences)}")
-    if not identity.stores_text:  # an image dataset of the resolution ladder: its text dataset, unchanged
-        try:
-            pairing.check_stores(dataset, pairing.TextDataset.of(dataset))
-        except (ContractError, OSError, ValueError) as e:
-            return Row("dataset", FAIL, str(e))
-    stores = len(contract.committed_store_paths(dataset))
+    try:  # what the trainer's rank 0 reads at start (a ladder dataset: its text dataset, unchanged)
+        stores = len(read_manifest(dataset, identity).stores)
+    except (ContractError, OSError, ValueError) as e:
+        return Row("dataset", FAIL, str(e))
     if not stores:
         return Row("dataset", FAIL, f"{dataset}: identity fits, but no committed stores to train on")
     return Row("dataset", OK, f"{dataset}: identity {identity.digest()} fits {job_config.model.flavor}, {stores:,} stores")

@@ -21,6 +21,7 @@ from torchtitan.tools.logging import logger
 from shared import contract, pairing, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
+from stage2_train.data.manifest import DatasetManifest, read_manifest
 
 TENSORS = contract.TENSORS
 """What a training step needs of a sample; keys, captions and crop boxes stay on disk."""
@@ -35,25 +36,28 @@ class PrecomputedDataset(Dataset):
     reads = TENSORS
     """The arrays read of a sample from this dataset's own store."""
 
-    def __init__(self, root: str | Path, identity: Identity, on_corrupt: str) -> None:
+    def __init__(
+        self, root: str | Path, identity: Identity, on_corrupt: str, manifest: DatasetManifest | None = None
+    ) -> None:
+        """``manifest``: the stores as rank 0 read them (``manifest.shared_manifest``); ``None`` reads them here."""
         self.root = Path(root)
         self.identity = identity
         self.on_corrupt = on_corrupt
         self.skipped = 0
         """Unreadable samples (and stores) this process left out, under ``on_corrupt = "skip"``."""
         self.specs = {name: contract.array_specs(identity)[name] for name in self.reads}
-        self.stores: list[Path] = []
-        counts: list[int] = []
-        for path in contract.committed_store_paths(root):
-            try:
-                counts.append(contract.read_store_attrs(path).num_samples)
-            except (OSError, ValueError, ContractError) as exc:
-                self._corrupt(ContractError(f"{path}: unreadable store metadata: {exc}"))
-                continue
-            self.stores.append(path)
-        if not self.stores:
+        if manifest is None:
+            manifest = read_manifest(root, identity)
+        for problem in manifest.unreadable:
+            self._corrupt(ContractError(problem))
+        if not manifest.stores:
             raise ContractError(f"{root}: no readable committed stores under {contract.SHARDS_DIR}/")
-        self.offsets = np.cumsum([0, *counts])
+        self._use(list(manifest.stores))
+
+    def _use(self, stores: list[tuple[str, int]]) -> None:
+        """Train on ``stores`` (name, sample count); each is opened when a sample of it is first read."""
+        self.stores = [contract.shards_dir(self.root) / name for name, _ in stores]
+        self.offsets = np.cumsum([0, *(count for _, count in stores)])
         self._readers: dict[int, StoreReader] = {}
 
     def __len__(self) -> int:
@@ -67,7 +71,6 @@ class PrecomputedDataset(Dataset):
         """Train on exactly ``pinned`` (a resumed run's stores), ignoring stores committed since; a
         pinned store that is gone or changed its count would silently renumber samples, so it stops."""
         have = dict(self.store_counts())
-        paths = {path.name: path for path in self.stores}
         changed = [f"{name} ({count} samples pinned, {have.get(name, 'no store')} now)"
                    for name, count in pinned if have.get(name) != count]
         if changed:
@@ -75,9 +78,7 @@ class PrecomputedDataset(Dataset):
                 f"{self.root}: the checkpoint pins stores that are missing or changed: {', '.join(changed)}; "
                 "restore them, or start a fresh sample order with --stage2.dataset_refresh"
             )
-        self.stores = [paths[name] for name, _ in pinned]
-        self.offsets = np.cumsum([0, *(count for _, count in pinned)])
-        self._readers = {}
+        self._use(pinned)
 
     def locate(self, index: int) -> tuple[int, int]:
         """Global sample index -> (store number, index within that store)."""
@@ -104,7 +105,11 @@ class PrecomputedDataset(Dataset):
 
     def _reader(self, store: int) -> StoreReader:
         if store not in self._readers:
-            self._readers[store] = StoreReader(self.stores[store], self.identity, self.specs)
+            reader = StoreReader(self.stores[store], self.identity, self.specs)
+            expected = int(self.offsets[store + 1] - self.offsets[store])
+            if len(reader) != expected:  # rewritten since start-up: its samples would be renumbered
+                raise ContractError(f"{self.stores[store]}: {len(reader)} samples now, {expected} when the run started")
+            self._readers[store] = reader
         return self._readers[store]
 
     def _corrupt(self, exc: ContractError) -> None:

@@ -21,17 +21,20 @@ from stage2_train.data.dataset import PrecomputedDataset, collate
 from stage2_train.data.elastic_loader import ElasticDataloader
 from stage2_train.data.extent import check_dataset_extent
 from stage2_train.data.identity_check import check_identity
+from stage2_train.data.manifest import DatasetManifest, read_manifest, shared_manifest
 from stage2_train.data.paired import PairedDataset
 from stage2_train.data.sampler import EpochBatchSampler
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.refusals import Refusal, dataset_size_refusal, refuse
 
 
-def precomputed_dataset(root: str | Path, identity: Identity, on_corrupt: str) -> PrecomputedDataset:
+def precomputed_dataset(
+    root: str | Path, identity: Identity, on_corrupt: str, manifest: DatasetManifest | None = None
+) -> PrecomputedDataset:
     """The dataset at ``root``: its own stores, or (the resolution ladder) image stores paired with a text dataset."""
     if identity.stores_text:
-        return PrecomputedDataset(root, identity, on_corrupt)
-    return PairedDataset(root, identity, on_corrupt)
+        return PrecomputedDataset(root, identity, on_corrupt, manifest)
+    return PairedDataset(root, identity, on_corrupt, manifest)
 
 
 def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:
@@ -50,8 +53,8 @@ def build_precomputed_dataloader(
     """TorchTitan's ``build_dataloader_fn``: this rank's infinite, shuffled, resumable batches."""
     del tokenizer  # prompts are already encoded
     root, identity = open_dataset(job_config)
-    check_dataset_extent(job_config)
-    dataset = precomputed_dataset(root, identity, job_config.stage2.on_corrupt)
+    manifest = shared_manifest(lambda: training_manifest(job_config, root, identity))
+    dataset = precomputed_dataset(root, identity, job_config.stage2.on_corrupt, manifest)
     refuse(dataset_size_refusal(root, len(dataset), job_config.training.local_batch_size * dp_world_size))
     sampler = EpochBatchSampler(
         len(dataset), job_config.training.local_batch_size, dp_rank, dp_world_size, job_config.stage2.seed
@@ -69,6 +72,12 @@ def build_precomputed_dataloader(
         collate_fn=collate,
         **loader_options(job_config.training.dataloader),
     )
+
+
+def training_manifest(job_config: JobConfig, root: Path, identity: Identity) -> DatasetManifest:
+    """Rank 0's start-up reading of the training dataset: refused while unfinished (``extent``), else its stores."""
+    check_dataset_extent(job_config)
+    return read_manifest(root, identity)
 
 
 def loader_options(config: DataLoaderConfig) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 A sample is still one global index of the image dataset (so the sampler's disjoint per-rank slices,
 shuffling and checkpointed position are unchanged); reading it takes the AE moments and ``text_index``
 from the image store, then that row's ``t5``/``clip`` from the text store of the same name. The text
-dataset is found and checked once at start-up (``shared.pairing``): gone, another one, or a store
-rewritten under it stops the job with one line.
+dataset is found and checked at start-up (``shared.pairing``; every store's pairing once per job, by
+rank 0's ``data.manifest.read_manifest``): gone, another one, or a store rewritten under it stops the job
+with one line.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import contract, pairing
+from shared import contract
 from shared.contract import Identity
 from shared.pairing import TextDataset
 from shared.store import StoreReader
 from stage2_train.data.dataset import PrecomputedDataset
+from stage2_train.data.manifest import DatasetManifest
 
 
 class PairedDataset(PrecomputedDataset):
@@ -25,10 +27,11 @@ class PairedDataset(PrecomputedDataset):
 
     reads = (contract.TEXT_INDEX, *contract.IMAGE_TENSORS)
 
-    def __init__(self, root: str | Path, identity: Identity, on_corrupt: str) -> None:
-        super().__init__(root, identity, on_corrupt)
+    def __init__(
+        self, root: str | Path, identity: Identity, on_corrupt: str, manifest: DatasetManifest | None = None
+    ) -> None:
+        super().__init__(root, identity, on_corrupt, manifest)  # the manifest's reading checked every store's pairing
         self.text = TextDataset.of(root)
-        pairing.check_stores(root, self.text)
         self._text_specs = contract.text_specs(self.text.identity)
         self._text_readers: dict[int, StoreReader] = {}
 

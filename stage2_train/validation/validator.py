@@ -36,6 +36,7 @@ from torchtitan.tools.logging import logger
 from shared import contract
 from shared.contract import ContractError, Identity
 from stage2_train.data.loader import open_dataset, precomputed_dataset
+from stage2_train.data.manifest import read_manifest, shared_manifest
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.monitor.metrics import SampleMetricsProcessor
 from stage2_train.validation.images import ImageSampler
@@ -69,9 +70,10 @@ class PrecomputedFluxValidator(BaseValidator):
         root, identity = open_dataset(job_config)
         self.loss = None
         if config.dataset_path:
-            dataset = precomputed_dataset(
-                check_held_out(Path(config.dataset_path), root, identity), identity, job_config.stage2.on_corrupt
-            )
+            held_out = Path(config.dataset_path)
+            # Checked and read on rank 0 only, as the training dataset (``manifest``).
+            manifest = shared_manifest(lambda: read_manifest(check_held_out(held_out, root, identity), identity))
+            dataset = precomputed_dataset(held_out, identity, job_config.stage2.on_corrupt, manifest)
             self.loss = ValidationLoss(dataset, job_config, dp_rank, dp_world_size)
             timesteps = len(STRATIFIED_TIMESTEPS) if config.all_timesteps else 1
             logger.info(
