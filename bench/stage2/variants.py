@@ -48,6 +48,8 @@ VARIANTS = {
         Variant("bf16_accum8", "ours", "none", micro_batches=8,
                 description="stage2_train, blocks compiled, no AC, bf16, 8 micro-batches per optimizer step"),
         Variant("bf16_ac", "ours", "full", description="stage2_train, blocks compiled, full AC"),
+        Variant("bf16_eager", "ours", "none", compile_blocks=False,
+                description="stage2_train, eager (no compile), no AC: what the planner's fake-tensor step models"),
         Variant("bf16_eo", "ours", "every-other", description="stage2_train, blocks compiled, AC on every other block"),
     )
 }  # fmt: skip
