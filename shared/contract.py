@@ -378,7 +378,8 @@ def write_identity(dataset: str | os.PathLike, identity: Identity, extra: dict[s
     """Create ``dataset.json`` atomically, or check that the existing one has the same identity.
 
     Racing tasks may both call this: the file is written under a private name and hard-linked into
-    place, so exactly one wins and the others compare against it.
+    place, so exactly one wins and the others compare against it. The file is synced before the link
+    and the directory after it: a crash must leave either no ``dataset.json`` or a whole one.
     """
     path = Path(dataset) / DATASET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -386,13 +387,14 @@ def write_identity(dataset: str | os.PathLike, identity: Identity, extra: dict[s
         tmp = path.with_name(f".{DATASET_FILE}{TMP_INFIX}{os.getpid()}-{os.urandom(4).hex()}")
         payload = {"identity": identity.to_dict(), "identity_digest": identity.digest(), **(extra or {})}
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        _fsync_file(tmp)
+        fsync_file(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
+        fsync_dir(path.parent)
     existing = read_identity(dataset)
     if existing != identity:
         diff = "\n  ".join(existing.differences(identity))
@@ -417,6 +419,15 @@ def read_store_attrs(store: str | os.PathLike) -> StoreAttrs:
     return StoreAttrs.from_dict(meta.get("attributes", {}))
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename or link into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -173,7 +173,7 @@ class StoreWriter:
                 shutil.rmtree(self.tmp_path, ignore_errors=True)
                 return existing
             self._replace()
-        _fsync_dir(self.final_path.parent)
+        contract.fsync_dir(self.final_path.parent)
         return attrs
 
     def _replace(self) -> None:
@@ -360,17 +360,8 @@ def _tree_bytes(path: Path) -> int:
 def _fsync_tree(path: Path) -> None:
     for root, _dirs, files in os.walk(path):
         for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            contract.fsync_file(Path(root, name))
+        contract.fsync_dir(Path(root))
 
 
 def shard_count(num_samples: int, samples_per_shard: int) -> int:
