@@ -22,8 +22,8 @@ step "Slurm + munge"
 bash scripts/local_slurm.sh install
 if ! command -v strace >/dev/null; then
     step "strace"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null ||
-        die "installing strace failed (needs root; try apt-get update first)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null; } ||
+        die "installing strace failed (needs root)"
 fi
 
 step "Python venv (.venv)"
