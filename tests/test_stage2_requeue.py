@@ -57,7 +57,8 @@ def _submit(slurm_cluster, dataset: Path, dump: Path, log: Path, steps: int, nod
         *("--job.config_file", TINY_CONFIG, "--training.dataset_path", dataset, "--job.dump_folder", dump),
         *COMMON, "--training.steps", str(steps),
         sbatch_opts=["--output", str(log), "--nodes", str(nodes)],
-        env_extra={"NPROC_PER_NODE": "1"},
+        # The stop file goes to $TMPDIR on the batch shell's node, n1: n2's ranks cannot see it there.
+        env_extra={"NPROC_PER_NODE": "1", "TMPDIR": str(slurm_cluster.node_tmp)},
         wait=False,
     )
 
@@ -76,7 +77,12 @@ def test_time_limit_signal_checkpoints_requeues_and_matches_uninterrupted_losses
 ):
     """Two time-limit signals in one 2-node job: each time all ranks stop at one step, checkpoint it,
     the job requeues itself and resumes at the next step; every step runs once, and each rank's
-    samples and losses equal the uninterrupted run's bit for bit."""
+    samples and losses equal the uninterrupted run's bit for bit. The stop file is node-local (n2 runs
+    in its own mount namespace), so n2's rank learns of the stop only through the all-reduce."""
+    probe = slurm_cluster.node_tmp / f"probe-{os.getpid()}"
+    probe.touch()
+    assert probe.exists() and not slurm_cluster.seen_on_n2(probe), "n2 must not see n1's node-local files"
+    probe.unlink()
     dump, log = tmp_path / "run", tmp_path / "job.out"
     ledger = dump / "ledger" / "rank_0.jsonl"
     job = _submit(slurm_cluster, dataset, dump, log, STEPS)
