@@ -16,7 +16,8 @@ import pytest
 from shared import contract, heartbeat
 from shared.assets import write_sample_tars
 from rel_stage1 import (OVERRIDES, PER_SHARD, SHARDS, check_committed_whole, check_equals_reference, decode_workers,
-                        freeze, kill_group, make_reference, run, temporary_stage, writer_processes)
+                        freeze, kill_group, make_reference, run, store_writer_pid, stores_being_written,
+                        temporary_stage, writer_processes)
 from test_stage1_pipeline import TINY_CONFIG, verified_stores
 
 pytest_plugins = ["fixtures_assets"]
@@ -64,14 +65,24 @@ def _kill_where_intended(target: str, proc, dataset: Path) -> str | None:
     if target == "one writer process":
         if not _wait_for(proc, dataset, "writing"):
             return None
-        victim, evidence = _two_of(writer_processes, proc)[0], "a temporary store being written"
+        writers = _two_of(writer_processes, proc)
+        freeze(proc)
+        held = {store_writer_pid(tmp): tmp for tmp in stores_being_written(dataset)}
+        victim = next((pid for pid in writers if pid in held), None)
+        if victim is None:  # the store went on to commit before the freeze: let the run finish, try again
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.wait(timeout=120)
+            return None
+        evidence = f"writer {victim} holding {held[victim].name} (being written)"
         cause = "store writer process died"
+        os.kill(victim, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGCONT)
     else:
         victim = _busy_decode_worker(proc, dataset)
         if victim is None:
             return None
         evidence, cause = "the worker running (decoding) while the task encoded", "BrokenProcessPool"
-    os.kill(victim, signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
     try:
         proc.wait(timeout=120)  # the task notices by itself, stops and says why
     except subprocess.TimeoutExpired:
