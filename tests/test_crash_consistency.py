@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shared import contract
-from shared.assets import write_sample_tars
+from fixtures import write_sample_tars
 from syscall_trace import Call, read_calls, strace
 
 pytest_plugins = ["fixtures_assets"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stage2_train.stop_request import StopRequest
+from stage2_train.infra.stop_request import StopRequest
 
 
 def _rank(rank: int, root: str, results: dict) -> None:

@@ -17,7 +17,7 @@ import zarr
 
 from bad_inputs import BOMB_SIDE, OK, write_catalogue
 from shared import contract
-from shared.asset_loading import load_tokenizers
+from stage1_encode.asset_loading import load_tokenizers
 from stage1_encode.config import load_config
 from stage1_encode.identity import image_policy
 from stage1_encode.prepare import init_worker, prepare_chunk
