@@ -5,7 +5,7 @@
 Each mutation is applied to a scratch copy of the committed tree (``git archive HEAD`` into a temporary
 folder, this checkout's .venv linked in), its catching tests run there (PYTHONPATH = the copy), and the
 copy is thrown away. A mutation is caught when pytest reports failures (exit status 1); it survived when
-the tests pass. Exit status: 0 when every mutation run was caught, 1 when any survived, 2 when one could
+the tests pass; an error in a fixture (a timeout on a loaded machine) is not a catch. Exit status: 0 when every mutation run was caught, 1 when any survived, 2 when one could
 not be applied (its text is no longer in the file: update the table) or pytest could not run its tests.
 ``--fast`` leaves out those marked slow (each several minutes: a Slurm job or a kill-and-rerun).
 Not part of the suite: it reruns tests many times over. tests/README.md lists the claims they guard.
@@ -113,6 +113,8 @@ def run(mutation: Mutation) -> str:
         proc = subprocess.run([str(root / ".venv" / "bin" / "python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                                *mutation.tests], cwd=root, env=env, capture_output=True, text=True)
         summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        if proc.returncode == 1 and " error" in summary:  # a fixture broke (e.g. a timeout), not an assertion
+            return f"ERROR (not an assertion): {summary}"
         return {0: "SURVIVED", 1: "caught"}.get(proc.returncode, f"ERROR rc={proc.returncode}") + f": {summary}"
     finally:
         shutil.rmtree(root, ignore_errors=True)

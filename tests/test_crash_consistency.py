@@ -35,7 +35,7 @@ def traced_run(tiny_assets, tmp_path_factory) -> tuple[Path, list[Call]]:
     cmd = [sys.executable, "-m", "stage1_encode", "--input", str(root / "tars"), "--output", str(dataset),
            "--assets", str(tiny_assets), "--config", str(REPO / "configs" / "encode_tiny.toml")]
     proc = strace(cmd, trace, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                  capture_output=True, text=True, timeout=300)
+                  capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return dataset, read_calls(trace)
 
