@@ -26,6 +26,7 @@ _RESULT = re.compile(r"\)\s+=\s+(-?\d+)[^=]*$")
 class Call:
     """One syscall: ``start``/``end`` are the trace lines where it began and returned."""
 
+    pid: str  # the thread (strace -f numbers threads)
     name: str
     paths: tuple[str, ...]  # an fsync's file; a rename's or link's (source, destination)
     ok: bool
@@ -53,15 +54,15 @@ def read_calls(trace: Path) -> list[Call]:
         pid, resumed_name, resumed_rest, name, rest = m.groups()
         if resumed_name:
             start, args = pending.pop((pid, resumed_name))
-            calls.append(_call(resumed_name, args, resumed_rest, start, number))
+            calls.append(_call(pid, resumed_name, args, resumed_rest, start, number))
         elif rest.endswith("<unfinished ...>"):
             pending[(pid, name)] = (number, rest)
         else:
-            calls.append(_call(name, rest, rest, number, number))
+            calls.append(_call(pid, name, rest, rest, number, number))
     return sorted(calls, key=lambda c: c.start)
 
 
-def _call(name: str, args: str, tail: str, start: int, end: int) -> Call:
+def _call(pid: str, name: str, args: str, tail: str, start: int, end: int) -> Call:
     result = _RESULT.search(tail)
     ok = result is not None and int(result.group(1)) >= 0
     if name in ("fsync", "fdatasync"):
@@ -69,4 +70,4 @@ def _call(name: str, args: str, tail: str, start: int, end: int) -> Call:
         paths = (fd.group(1),) if fd else ()
     else:
         paths = tuple(_STRING.findall(args))[:2]
-    return Call(name, paths, ok, start, end)
+    return Call(pid, name, paths, ok, start, end)

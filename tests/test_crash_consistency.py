@@ -4,8 +4,8 @@ A SIGKILL never loses what the page cache holds, so the kill tests cannot tell a
 unsynced one; after a power loss only the order tells. Under ``strace -f`` (tests/syscall_trace.py)
 a real ``python -m stage1_encode`` run must, for every store it commits (the per-tar stores and the
 empty-prompt store), fsync every file and directory of the store before the rename that commits it
-and the parent directory after; and fsync ``dataset.json`` before linking it into place and the
-dataset directory after. Heartbeats and progress files are not covered: a crash may tear them.
+and the parent directory right after (the thread's next traced call); and fsync ``dataset.json``
+before linking it into place and the dataset directory right after. Heartbeats and progress files are not covered: a crash may tear them.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def _synced_before(calls: list[Call], path: str, moment: int) -> bool:
     return any(c.name in ("fsync", "fdatasync") and c.ok and c.paths == (path,) and c.end < moment for c in calls)
 
 
-def _synced_after(calls: list[Call], path: str, moment: int) -> bool:
-    return any(c.name == "fsync" and c.ok and c.paths == (path,) and c.start > moment for c in calls)
+def _synced_next(calls: list[Call], path: str, after: Call) -> bool:
+    """The thread's next traced call after ``after`` syncs ``path`` (a later commit's sync of the same
+    directory would not say that this rename or link was made durable before the run went on)."""
+    later = [c for c in calls if c.pid == after.pid and c.start > after.end]
+    return bool(later) and later[0].name == "fsync" and later[0].ok and later[0].paths == (path,)
 
 
 def test_every_store_is_synced_before_the_rename_that_commits_it_and_its_parent_after(traced_run):
@@ -62,7 +65,7 @@ def test_every_store_is_synced_before_the_rename_that_commits_it_and_its_parent_
         unsynced = [str(p.relative_to(store)) or "." for p in entries
                     if not _synced_before(calls, str(temporary / p.relative_to(store)), commit.start)]
         assert unsynced == [], f"{store.name}: not synced before its commit: {unsynced}"
-        assert _synced_after(calls, str(store.parent), commit.end), f"{store.parent} not synced after the commit"
+        assert _synced_next(calls, str(store.parent), commit), f"{store.parent} not synced right after the commit"
 
 
 def test_the_dataset_identity_is_synced_before_its_link_and_the_directory_after(traced_run):
@@ -72,4 +75,4 @@ def test_the_dataset_identity_is_synced_before_its_link_and_the_directory_after(
     assert len(links) == 1, f"dataset.json linked into place {len(links)} times"
     link = links[0]
     assert _synced_before(calls, link.paths[0], link.start), "dataset.json's content not synced before the link"
-    assert _synced_after(calls, str(dataset), link.end), "the dataset directory not synced after the link"
+    assert _synced_next(calls, str(dataset), link), "the dataset directory not synced right after the link"

@@ -78,10 +78,9 @@ def _kill_where_intended(target: str, proc, dataset: Path) -> str | None:
     if target == "one writer process":
         if not _wait_for(proc, dataset, "writing"):
             return None
-        writers = _two_of(writer_processes, proc)
         freeze(proc)
         held = {store_writer_pid(tmp): tmp for tmp in stores_being_written(dataset)}
-        victim = next((pid for pid in writers if pid in held), None)
+        victim = next((pid for pid in writer_processes(proc.pid) if pid in held), None)
         if victim is None:  # the store went on to commit before the freeze: let the run finish, try again
             os.killpg(proc.pid, signal.SIGCONT)
             proc.wait(timeout=120)
@@ -111,7 +110,7 @@ def _kill_where_intended(target: str, proc, dataset: Path) -> str | None:
 
 
 def _two_of(find, proc) -> list[int]:
-    """Both processes of a kind (two decode workers; two writers for two stores in flight)."""
+    """Both processes of a kind (two decode workers)."""
     deadline = time.monotonic() + 60
     while len(found := find(proc.pid)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, found
