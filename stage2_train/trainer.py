@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -27,12 +28,19 @@ from torchtitan.train import Trainer
 from stage2_train.data.dataset import load_empty_prompt
 from stage2_train.data.ledger import SampleLedger
 from stage2_train.infra.accumulation import MicroBatchCounter, check_global_batch
-from stage2_train.infra.stop_request import StopRequest, checkpoint_now
+from stage2_train.infra.stop_request import StopRequest, checkpoint_now, wait_for_pending_save
+from stage2_train.monitor import log_filter
+from stage2_train.refusals import Refusal, job_refusals
 from stage2_train.step import flow_matching_batch, step_generator
 
 
 class PrecomputedFluxTrainer(FluxTrainer):
     def __init__(self, job_config: JobConfig) -> None:
+        rank = int(os.environ.get("RANK", "0"))
+        log_filter.keep_full_log(Path(job_config.job.dump_folder) / "logs" / f"rank_{rank}.log")
+        refusals = job_refusals(job_config)  # before anything is built (every rank refuses alike)
+        if refusals:
+            raise Refusal("; ".join(refusals))
         Trainer.__init__(self, job_config)  # not FluxTrainer.__init__: it would load the encoders
         # As FluxTrainer: distinct seeds across data-parallel ranks.
         dist_utils.set_determinism(
@@ -49,7 +57,7 @@ class PrecomputedFluxTrainer(FluxTrainer):
             name: tensor.to(self.device) for name, tensor in load_empty_prompt(dataset.root, dataset.identity).items()
         }
         self.ledger = (
-            SampleLedger(os.path.join(job_config.job.dump_folder, "ledger"), torch.distributed.get_rank())
+            SampleLedger(os.path.join(job_config.job.dump_folder, "ledger"), rank)
             if job_config.stage2.sample_ledger
             else None
         )
@@ -80,7 +88,9 @@ class PrecomputedFluxTrainer(FluxTrainer):
         if not self.job_config.checkpoint.enable:
             logger.warning(f"stopping at step {self.step}: {reason}; checkpointing is off, a rerun starts over")
             return False
-        if not already_saved:
+        if already_saved:
+            wait_for_pending_save(self.checkpointer)  # this step's interval save may still be writing
+        else:
             checkpoint_now(self.checkpointer, self.step)
         self.stop_request.acknowledge(self.step)
         logger.info(f"stopping at step {self.step}: {reason}; checkpoint step-{self.step} saved, "

@@ -51,13 +51,14 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _submit(slurm_cluster, dataset: Path, dump: Path, log: Path, steps: int, nodes: int = 2):
+def _submit(slurm_cluster, dataset: Path, dump: Path, log: Path, steps: int, nodes: int = 2, *overrides: str):
     return slurm_cluster.submit(
         TRAIN_SBATCH,
         *("--job.config_file", TINY_CONFIG, "--training.dataset_path", dataset, "--job.dump_folder", dump),
-        *COMMON, "--training.steps", str(steps),
+        *COMMON, "--training.steps", str(steps), *overrides,
         sbatch_opts=["--output", str(log), "--nodes", str(nodes)],
-        # The stop file goes to $TMPDIR on the batch shell's node, n1: n2's ranks cannot see it there.
+        # The stop file goes to $TMPDIR on the batch shell's node, n1: n2's ranks cannot see it there. The
+        # directory is this cluster's own (concurrent local clusters all number jobs from 1).
         env_extra={"NPROC_PER_NODE": "1", "TMPDIR": str(slurm_cluster.node_tmp)},
         wait=False,
     )
@@ -105,7 +106,7 @@ def test_time_limit_signal_checkpoints_requeues_and_matches_uninterrupted_losses
     for stop in stops:
         assert (dump / "checkpoint" / f"step-{stop}" / ".metadata").exists()
         assert f"stopping at step {stop}: time limit (SIGUSR1); checkpoint step-{stop} saved" in text
-        assert f"requeueing job {job.job_id} to resume at step {stop + 1}" in text
+        assert f"requeueing job {job.job_id} to resume at step {stop + 1} (Slurm holds a requeued job PENDING" in text
         assert f"Training starts at step {stop + 1}" in text
     assert [f"start {n} of job {job.job_id}" in text for n in (1, 2, 3)] == [True] * 3
     for rank in range(2):
