@@ -5,8 +5,9 @@
 Each mutation is applied to a scratch copy of the committed tree (``git archive HEAD`` into a temporary
 folder, this checkout's .venv linked in), its catching tests run there (PYTHONPATH = the copy), and the
 copy is thrown away. A mutation is caught when pytest reports failures (exit status 1); it survived when
-the tests pass; an error in a fixture (a timeout on a loaded machine) is not a catch. Exit status: 0 when every mutation run was caught, 1 when any survived, 2 when one could
-not be applied (its text is no longer in the file: update the table) or pytest could not run its tests.
+the tests pass; an error in a fixture (a timeout on a loaded machine) is not a catch. Exit status: 0
+when every mutation run was caught, 1 when any survived, 2 when one could not be applied (its text is
+no longer in the file: update the table) or pytest could not run its tests.
 ``--fast`` leaves out those marked slow (each several minutes: a Slurm job or a kill-and-rerun).
 Not part of the suite: it reruns tests many times over. tests/README.md lists the claims they guard.
 """

@@ -5,7 +5,8 @@ unsynced one; after a power loss only the order tells. Under ``strace -f`` (test
 a real ``python -m stage1_encode`` run must, for every store it commits (the per-tar stores and the
 empty-prompt store), fsync every file and directory of the store before the rename that commits it
 and the parent directory right after (the thread's next traced call); and fsync ``dataset.json``
-before linking it into place and the dataset directory right after. Heartbeats and progress files are not covered: a crash may tear them.
+before linking it into place and the dataset directory right after. Heartbeats and progress files
+are not covered: a crash may tear them.
 """
 
 from __future__ import annotations
