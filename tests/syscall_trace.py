@@ -17,7 +17,7 @@ from pathlib import Path
 
 TRACED = "fsync,fdatasync,rename,renameat,renameat2,link,linkat"
 _LINE = re.compile(r"^(\d+)\s+(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")
-_FD_PATH = re.compile(r"^\d+<(.*)>")
+_FD_PATH = re.compile(r"^\d+<([^>]*)>")  # not greedy: "<unfinished ...>" may follow
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _RESULT = re.compile(r"\)\s+=\s+(-?\d+)[^=]*$")
 
