@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real Slurm 22.05 cluster on one machine: controller + two emulated nodes n1, n2 on 127.0.0.1, each
 # with 8 fake GPUs, so the project's production sbatch scripts run unmodified in tests and the demo.
+# STATE_DIR/node-tmp is node-local: n2's job steps see a private (empty) tmpfs there, n1's the directory.
 #
 #   scripts/local_slurm.sh install            apt-get the Slurm + munge packages if missing (root)
 #   scripts/local_slurm.sh start  STATE_DIR   (re)start a cold cluster whose files all live in STATE_DIR
@@ -150,19 +151,19 @@ PartitionName=local Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-# Start a daemon in the foreground (-D/-F) in its own session, so a Ctrl-C in the terminal that ran
+# Start a daemon (named by NAME up to its first "-") in the foreground (-D/-F) in its own session, so a Ctrl-C in the terminal that ran
 # `start` does not reach it, with stdio off the caller's pipes (else CI's output pipe never closes).
 # SLURM_CONF in its environment is inherited by slurmstepd: `stop` finds strays of this cluster by it.
 # `setsid` execs in place (a background child is no group leader), so $! is the daemon's PID.
 launch() {
-    local S=$1 name=$2
+    local S=$1 name=$2 daemon=${2%%-*} # slurmd-n1 -> slurmd
     shift 2
     SLURM_CONF="$S/etc/slurm.conf" setsid "$@" </dev/null >>"$S/log/$name.out" 2>&1 &
     local pid=$! exe want i
     echo "$pid" >"$S/pids/$name.pid"
     # Return once $pid runs the daemon itself, not yet the forked shell or setsid: until then its
     # command line does not name STATE_DIR and `stop` would not recognise it as ours.
-    want=$(readlink -f "$(command -v "$1")") # Debian: slurmctld -> slurmctld-wlm
+    want=$(readlink -f "$(command -v "$daemon")") # Debian: slurmctld -> slurmctld-wlm
     for ((i = 0; i < 250; i++)); do
         exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || break # died: wait_idle notices
         [[ $exe == "$want" ]] && break
@@ -185,8 +186,8 @@ wait_idle() {
 
 start_once() {
     local S=$1 ports
-    rm -rf "$S/etc" "$S/ctld" "$S/spool" "$S/run" "$S/pids" "$S/munge" "$S/dev"
-    mkdir -p "$S"/{etc,ctld,run,pids,log,dev} "$S"/spool/{n1,n2}
+    rm -rf "$S/etc" "$S/ctld" "$S/spool" "$S/run" "$S/pids" "$S/munge" "$S/dev" "$S/node-tmp"
+    mkdir -p "$S"/{etc,ctld,run,pids,log,dev,node-tmp} "$S"/spool/{n1,n2}
     # munged checks its directory's permissions; the key must be private.
     mkdir -m 0755 "$S/munge"
     dd if=/dev/urandom of="$S/munge/munge.key" bs=1024 count=1 status=none
@@ -204,7 +205,11 @@ start_once() {
     # -c: cold start, no ghost jobs from an earlier run's state.
     launch "$S" slurmctld slurmctld -D -c -f "$conf"
     launch "$S" slurmd-n1 slurmd -D -N n1 -f "$conf"
-    launch "$S" slurmd-n2 slurmd -D -N n2 -f "$conf"
+    # n2 is another machine as far as node-local files go: its slurmd (and so every job step on n2)
+    # runs in its own mount namespace with a private tmpfs over $S/node-tmp, a plain directory on n1.
+    # A file a job writes there on n1 is invisible on n2, as in a node's own /tmp (TMPDIR for tests).
+    launch "$S" slurmd-n2 unshare --mount --propagation private -- sh -c 'mount -t tmpfs node-tmp "$1" &&
+        shift && exec "$@"' sh "$S/node-tmp" slurmd -D -N n2 -f "$conf"
     wait_idle "$S"
 }
 

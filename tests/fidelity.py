@@ -1,8 +1,10 @@
 """One training step two ways on the same raw CC12M-style samples: Stage 2 from a Stage 1 dataset, and
-TorchTitan's own ``FluxTrainer.forward_backward_step`` (its image processing, tokenizers, T5/CLIP
-embedders and AE run online). Both steps run for real on copies of one model; only the distributed job
-around them is left out. Used in-process at world size 1 (tests/test_stage2_on_stage1.py) and under
-torchrun at world size 2 (tests/fidelity_worker.py).
+TorchTitan's own online Flux step (its image processing, tokenizers, T5/CLIP embedders and AE run
+online). Each runs its production ``train_step`` — ours TorchTitan's ``Trainer.train_step``, which
+passes ``global_valid_tokens``; the online one ``FluxTrainer.train_step`` — with TorchTitan's own
+optimizer, LR scheduler, gradient clipping and (disabled) checkpointer, on copies of one model; only the
+train loop and the job around it are left out. Used in-process at world size 1
+(tests/test_stage2_on_stage1.py) and under torchrun at world size 2 (tests/fidelity_worker.py).
 
 The model's every parameter is perturbed away from ``init_weights`` (which zeroes the modulation and
 output layers: the blocks would pass the image stream through untouched and the loss would not depend
@@ -23,7 +25,10 @@ import torch
 from PIL import ExifTags, Image
 from test_stage1_slurm import online_image, online_models, tar_samples
 from test_stage2_helpers import parse_job_config
+from torchtitan.components.checkpoint import CheckpointManager
 from torchtitan.components.loss import build_mse_loss
+from torchtitan.components.lr_scheduler import build_lr_schedulers
+from torchtitan.components.optimizer import build_optimizers
 from torchtitan.distributed import ParallelDims
 from torchtitan.distributed import utils as dist_utils
 from torchtitan.models.flux import FluxModel
@@ -53,7 +58,11 @@ class Comparison:
     loss_equal: bool
     """``torch.equal`` of the two losses."""
     grads_equal: bool
-    """``torch.equal`` of every parameter's gradient."""
+    """``torch.equal`` of every parameter's gradient (as clipped by the step)."""
+    params_equal: bool
+    """``torch.equal`` of every parameter after the optimizer step."""
+    global_valid_tokens: list[float | None]
+    """What ``train_step`` passed our ``forward_backward_step``, per call (the samples of the global batch)."""
     loss_rel_error: float
     grad_rel_error: float
     """Largest |Δgrad| over the largest |grad|, over all parameters."""
@@ -121,6 +130,36 @@ def _bare(cls: type, **attributes: object):
     return trainer
 
 
+def _train_loop_parts(trainer: object, config, dims: ParallelDims, workdir: Path) -> None:
+    """What ``train_step`` uses besides the step: TorchTitan's own optimizer, LR schedule and (disabled)
+    checkpointer from ``config``; metrics are not logged at ``STEP`` (the logger wants a CUDA device)."""
+    model_parts = trainer.model_parts
+    optimizers = build_optimizers(model_parts, config.optimizer, dims)
+    lr_schedulers = build_lr_schedulers(optimizers, config.lr_scheduler, config.training.steps)
+    trainer.__dict__.update(
+        job_config=config, step=STEP, gradient_accumulation_steps=1, optimizers=optimizers,
+        lr_schedulers=lr_schedulers, metrics_processor=SimpleNamespace(should_log=lambda step: False),
+        checkpointer=CheckpointManager(None, model_parts, optimizers, lr_schedulers, {}, config.checkpoint,
+                                       None, str(workdir / "checkpoint")),
+    )
+
+
+def _run_train_step(trainer: object, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> list[tuple]:
+    """``trainer.train_step`` on one batch; returns each ``forward_backward_step`` call's
+    (loss, global_valid_tokens), observed on the way (the step runs unchanged)."""
+    calls = []
+    step = trainer.forward_backward_step
+
+    def observed(**kwargs: torch.Tensor) -> torch.Tensor:
+        loss = step(**kwargs)
+        calls.append((loss.detach(), kwargs.get("global_valid_tokens")))
+        return loss
+
+    trainer.forward_backward_step = observed
+    trainer.train_step(iter([(inputs, labels)]))
+    return calls
+
+
 def _corrupted(inputs: dict[str, torch.Tensor], corrupt: str | None) -> dict[str, torch.Tensor]:
     """Stored inputs with one array shifted by one sample (each sample gets its neighbour's), as a
     misaligned read would be; a 1e-3 relative error in T5 or CLIP moves this loss by less than its ulp."""
@@ -184,26 +223,31 @@ def compare_step(
         autoencoder=ae, t5_encoder=t5, clip_encoder=clip,
     )
     ours = _bare(
-        PrecomputedFluxTrainer, **common, model_parts=[copy.deepcopy(model)], job_config=config, step=STEP,
-        dataloader=SimpleNamespace(dp_rank=rank), ledger=None, model_args=FLAVORS["flux-tiny"],
-        empty_prompt=load_empty_prompt(root, dataset.identity), micro_batches=MicroBatchCounter(),
+        PrecomputedFluxTrainer, **common, model_parts=[copy.deepcopy(model)], dataloader=SimpleNamespace(dp_rank=rank),
+        ledger=None, model_args=FLAVORS["flux-tiny"], empty_prompt=load_empty_prompt(root, dataset.identity),
+        micro_batches=MicroBatchCounter(),
     )
-    our_loss = ours.forward_backward_step(input_dict=_corrupted(our_inputs, corrupt), labels=our_labels)
+    for trainer in (ours, online):
+        _train_loop_parts(trainer, config, dims, workdir)
+    our_calls = _run_train_step(ours, _corrupted(our_inputs, corrupt), our_labels)
     torch.manual_seed(step_seed(config.stage2.seed, STEP, rank))  # the online step draws ε, noise, t globally
-    online_loss = online.forward_backward_step(
-        input_dict={"t5_tokens": torch.stack(t5_tokens), "clip_tokens": torch.stack(clip_tokens)},
-        labels=torch.stack(images),
+    ((online_loss, _),) = _run_train_step(
+        online, {"t5_tokens": torch.stack(t5_tokens), "clip_tokens": torch.stack(clip_tokens)}, torch.stack(images)
     )
+    our_loss = our_calls[0][0]
     our_grads = [p.grad for p in ours.model_parts[0].parameters()]
     online_grads = [p.grad for p in online.model_parts[0].parameters()]
+    params_equal = all(torch.equal(a, b) for a, b in zip(ours.model_parts[0].parameters(), online.model_parts[0].parameters()))
     if dims.dp_enabled:  # data parallel: what the optimizer sees is the sum over ranks
         for grad in [*our_grads, *online_grads]:
             torch.distributed.all_reduce(grad)
     return Comparison(
-        our_loss=our_loss.detach(),
-        online_loss=online_loss.detach(),
+        our_loss=our_loss,
+        online_loss=online_loss,
         loss_equal=torch.equal(our_loss, online_loss),
         grads_equal=all(torch.equal(a, b) for a, b in zip(our_grads, online_grads)),
+        params_equal=params_equal,
+        global_valid_tokens=[None if t is None else float(t) for _, t in our_calls],
         loss_rel_error=abs(our_loss.item() - online_loss.item()) / abs(online_loss.item()),
         grad_rel_error=_max_rel(our_grads, online_grads),
         t5_dropped=t5_dropped,

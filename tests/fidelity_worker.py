@@ -41,6 +41,8 @@ def main(tars: str, root: str, assets: str, workdir: str, out: str, batch: str, 
         "online_loss": result.online_loss.item(),
         "loss_equal": result.loss_equal,
         "grads_equal": result.grads_equal,
+        "params_equal": result.params_equal,
+        "global_valid_tokens": result.global_valid_tokens,
         "t5_dropped": result.t5_dropped,
         "clip_dropped": result.clip_dropped,
     }

@@ -91,6 +91,16 @@ class SlurmCluster:
         env["OMP_NUM_THREADS"] = "1"
         self.env = env
 
+    @property
+    def node_tmp(self) -> Path:
+        """A node-local directory: on n2 (its own mount namespace) a private tmpfs, on n1 the real one."""
+        return self.state_dir.resolve() / "node-tmp"
+
+    def seen_on_n2(self, path: Path) -> bool:
+        """Whether ``path`` exists as n2's processes see it (through its slurmd's mount namespace)."""
+        pid = (self.state_dir / "pids" / "slurmd-n2.pid").read_text().strip()
+        return Path(f"/proc/{pid}/root{path}").exists()
+
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._script("start")

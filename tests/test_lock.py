@@ -1,5 +1,6 @@
 """One pinned install: requirements/lock-cpu.txt pins every dependency of pyproject.toml at a version its
-specifier allows, and it is what this venv holds (scripts/setup.sh installs with it as constraints)."""
+specifier allows, and it is exactly what this venv holds (scripts/setup.sh installs with it as
+constraints): nothing pinned is missing or at another version, nothing installed is unpinned."""
 
 from __future__ import annotations
 
@@ -55,11 +56,17 @@ def test_lock_pins_every_pyproject_dependency_within_its_specifier():
         assert req.specifier.contains(pins[name], prereleases=True), f"{LOCK.name}: {req.name}=={pins[name]} violates {req}"
 
 
+UNPINNED = {"pip", "setuptools", "wheel", "flux-encode-once"}
+"""What ``pip freeze`` (scripts/lock.sh) leaves out: pip's own tools, and this project (editable)."""
+
+
 def test_this_venv_holds_the_locked_versions():
-    """Local labels aside (2.13.0+cpu), every pinned package is installed at its pin."""
-    drift = {}
-    for name, version in _pins().items():
-        installed = Version(importlib.metadata.version(name))
-        if installed.public != str(version):
-            drift[name] = (str(version), str(installed))
+    """Both directions: every pinned package is installed at its pin (local labels aside: 2.13.0+cpu),
+    and every installed distribution but ``UNPINNED`` is pinned."""
+    pins = _pins()
+    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in importlib.metadata.distributions()}
+    drift = {name: (str(version), str(installed.get(name))) for name, version in pins.items()
+             if name not in installed or installed[name].public != str(version)}
     assert drift == {}, f"(locked, installed): {drift}; run bash scripts/setup.sh"
+    unpinned = sorted(set(installed) - set(pins) - UNPINNED)
+    assert unpinned == [], f"installed but not pinned in {LOCK.name}: {unpinned}; run bash scripts/lock.sh"

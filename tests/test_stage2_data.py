@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+import zarr
 from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, tiny_identity, write_tiny_dataset
 
 from fixtures.synthetic import schnell_identity
@@ -140,19 +142,28 @@ def test_loader_resumes_at_exactly_the_next_batch_with_workers(dataset):
 # --------------------------------------------------------------------------- corruption
 
 
-def _flip_a_byte(path: Path) -> None:
-    """Damage the first chunk of a Zarr shard file (its index sits at the end)."""
-    data = bytearray(path.read_bytes())
-    data[16] ^= 0xFF
-    path.write_bytes(bytes(data))
+CRC_MISMATCH = "Stored and computed checksum do not match"
+"""zarr's Crc32cCodec on a chunk whose bytes no longer match the CRC32C stored after them."""
+
+
+def _flip_first_chunk_crc(array: Path) -> None:
+    """Flip a bit of the CRC32C stored after sample 0's chunk in the first Zarr shard file (the shard's
+    index, at its end, says where the chunk ends): the compressed bytes stay intact, so only the CRC
+    can tell; without it the sample would read back as stored."""
+    meta = zarr.open_array(array, mode="r")
+    shard = array / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    offset, nbytes = struct.unpack_from("<QQ", data, len(data) - (16 * (meta.shards[0] // meta.chunks[0]) + 4))
+    data[offset + nbytes - 1] ^= 0x01
+    shard.write_bytes(bytes(data))
 
 
 @pytest.fixture
 def damaged(tmp_path) -> tuple[Path, Path]:
-    """A dataset whose second store has a flipped byte in its first sample's t5 and its last ae_mean shard missing."""
+    """A dataset whose second store has a bad CRC on its first sample's t5 and its last ae_mean shard missing."""
     root = write_tiny_dataset(tmp_path / "ds")
     store = contract.committed_store_paths(root)[1]
-    _flip_a_byte(store / "t5" / "c" / "0" / "0" / "0")
+    _flip_first_chunk_crc(store / "t5")
     (store / "ae_mean" / "c" / "2" / "0" / "0" / "0").unlink()
     return root, store
 
@@ -161,8 +172,8 @@ def test_corrupt_sample_stops_training_with_the_store_named(damaged):
     root, store = damaged
     ds = PrecomputedDataset(root, tiny_identity(), "fail")
     assert ds[11]["index"] == 11  # the first store is fine
-    with pytest.raises(ContractError, match=store.name):
-        ds[12]  # checksum failure
+    with pytest.raises(ContractError, match=f"{store.name}.*{CRC_MISMATCH}"):
+        ds[12]
     with pytest.raises(ContractError, match=f"{store.name}.*missing"):
         ds[12 + 8]  # missing shard file
 
@@ -172,11 +183,13 @@ def test_corrupt_sample_stops_training_with_the_store_named(damaged):
             pass
 
 
-def test_corrupt_samples_are_skipped_when_configured(damaged):
+def test_corrupt_samples_are_skipped_when_configured(damaged, caplog):
     root, _ = damaged
     ds = PrecomputedDataset(root, tiny_identity(), "skip")
     bad = [i for i in range(len(ds)) if ds[i] is None]
     assert bad == [12, 20, 21, 22, 23]
+    warnings = [r.getMessage() for r in caplog.records if "skipping unreadable data" in r.getMessage()]
+    assert len(warnings) == 5 and CRC_MISMATCH in warnings[0] and "missing" in warnings[1], warnings
     inputs, labels = collate([ds[i] for i in range(10, 14)])
     assert labels.tolist() == [10, 11, 13] and inputs["t5"].shape[0] == 3
     with pytest.raises(ContractError, match="all 2 samples"):

@@ -1,6 +1,8 @@
-"""Stage 2 on real Stage 1 datasets (tiny encoders): one step's loss and gradients equal TorchTitan's own
-online Flux step on the same raw samples — ``torch.equal``, on float32 and on bfloat16 stores, at prompt
-dropout 0.447, at world size 1 and 2 (torchrun, gloo) — and corrupting any input breaks that; and
+"""Stage 2 on real Stage 1 datasets (tiny encoders): one training step (each side's production
+``train_step``: ours TorchTitan's ``Trainer.train_step`` with ``global_valid_tokens``) gives the loss,
+gradients and updated parameters of TorchTitan's own online Flux step on the same raw samples —
+``torch.equal``, on float32 and on bfloat16 stores, at prompt dropout 0.447, at world size 1 and 2
+(torchrun, gloo) — and corrupting any input breaks that; and
 ``sbatch slurm/train.sbatch`` trains on two nodes."""
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 import torch
 from fidelity import CORRUPTIONS, comparable_samples, compare_step
 from test_stage1_pipeline import TINY_CONFIG as ENCODE_TINY_CONFIG
+from test_stage2_accumulation import one_rank_group  # noqa: F401 (a fixture: train_step's meshes, metrics)
 from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, TORCHRUN, torchrun_env
 
 from fixtures import write_sample_tars
@@ -52,7 +55,7 @@ def _first_usable(tars: Path, root: Path, n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16"])
-def test_one_step_equals_torchtitans_online_step(request, tiny_assets, tmp_path, storage):
+def test_one_step_equals_torchtitans_online_step(one_rank_group, request, tiny_assets, tmp_path, storage):
     """Exact: the loss and every gradient ``torch.equal``. A bfloat16 store is compared with the online
     step whose T5, CLIP and AE-moment outputs are rounded to bfloat16 (what Stage 1 stores), not with
     bfloat16 encoder arithmetic: Stage 1 on CPU computes in float32 and rounds on storing."""
@@ -60,11 +63,12 @@ def test_one_step_equals_torchtitans_online_step(request, tiny_assets, tmp_path,
     result = compare_step(tars, root, tiny_assets, tmp_path, _first_usable(tars, root, BATCH))
     # Dropout 0.447 both drops and keeps T5, and CLIP, in this batch: each path's dropout is exercised.
     assert len(set(result.t5_dropped)) == 2 and len(set(result.clip_dropped)) == 2, result
-    assert result.loss_equal and result.grads_equal, result
+    assert result.global_valid_tokens == [BATCH], result  # the production branch: train_step's sample count
+    assert result.loss_equal and result.grads_equal and result.params_equal, result
 
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS)
-def test_a_corrupted_input_breaks_the_equality(stage1, tiny_assets, tmp_path, corrupt):
+def test_a_corrupted_input_breaks_the_equality(one_rank_group, stage1, tiny_assets, tmp_path, corrupt):
     """The check above is sensitive to every input: each sample given its neighbour's stored T5, CLIP, AE
     mean or log-variance, or a caption with two words more, and the loss itself is no longer equal."""
     tars, root = stage1
@@ -89,7 +93,8 @@ def test_one_step_equals_torchtitans_online_step_at_world_size_2(stage1, tiny_as
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1]
     assert ranks[0]["samples"] != ranks[1]["samples"] and ranks[0]["our_loss"] != ranks[1]["our_loss"]
-    assert all(r["loss_equal"] and r["grads_equal"] for r in ranks), ranks
+    assert all(r["global_valid_tokens"] == [2 * BATCH] for r in ranks), ranks  # counted over both ranks
+    assert all(r["loss_equal"] and r["grads_equal"] and r["params_equal"] for r in ranks), ranks
     assert any(any(r["t5_dropped"]) for r in ranks) and not all(all(r["t5_dropped"]) for r in ranks), ranks
 
 

@@ -57,8 +57,9 @@ def _submit(slurm_cluster, dataset: Path, dump: Path, log: Path, steps: int, nod
         *("--job.config_file", TINY_CONFIG, "--training.dataset_path", dataset, "--job.dump_folder", dump),
         *COMMON, "--training.steps", str(steps), *overrides,
         sbatch_opts=["--output", str(log), "--nodes", str(nodes)],
-        # The stop file goes to $TMPDIR/flux-train-<job id>.stop: concurrent local clusters all number jobs from 1.
-        env_extra={"NPROC_PER_NODE": "1", "TMPDIR": str(log.parent)},
+        # The stop file goes to $TMPDIR on the batch shell's node, n1: n2's ranks cannot see it there. The
+        # directory is this cluster's own (concurrent local clusters all number jobs from 1).
+        env_extra={"NPROC_PER_NODE": "1", "TMPDIR": str(slurm_cluster.node_tmp)},
         wait=False,
     )
 
@@ -77,7 +78,12 @@ def test_time_limit_signal_checkpoints_requeues_and_matches_uninterrupted_losses
 ):
     """Two time-limit signals in one 2-node job: each time all ranks stop at one step, checkpoint it,
     the job requeues itself and resumes at the next step; every step runs once, and each rank's
-    samples and losses equal the uninterrupted run's bit for bit."""
+    samples and losses equal the uninterrupted run's bit for bit. The stop file is node-local (n2 runs
+    in its own mount namespace), so n2's rank learns of the stop only through the all-reduce."""
+    probe = slurm_cluster.node_tmp / f"probe-{os.getpid()}"
+    probe.touch()
+    assert probe.exists() and not slurm_cluster.seen_on_n2(probe), "n2 must not see n1's node-local files"
+    probe.unlink()
     dump, log = tmp_path / "run", tmp_path / "job.out"
     ledger = dump / "ledger" / "rank_0.jsonl"
     job = _submit(slurm_cluster, dataset, dump, log, STEPS)
@@ -114,7 +120,8 @@ def test_time_limit_signal_checkpoints_requeues_and_matches_uninterrupted_losses
 def test_resize_2_to_1_to_2_nodes_keeps_the_epoch_whole(slurm_cluster, dataset, reference, tmp_path):
     """2 nodes train steps 1-2 (8 samples), 1 node steps 3-4 (global batch halves: 4 samples), 2 nodes
     steps 5-6: epoch 0 is exactly the uninterrupted run's 16 samples, none twice, and epoch 1 starts
-    with the same batch the uninterrupted run trains first in it."""
+    with the same batch the uninterrupted run trains first in it; the losses up to the first step on one
+    node are the uninterrupted run's (that step's: twice rank 0's, over half the batch)."""
     dump = tmp_path / "run"
     for part, (nodes, steps) in enumerate([(2, 2), (1, 4), (2, 6)]):
         log = tmp_path / f"part-{part}.out"
@@ -127,8 +134,9 @@ def test_resize_2_to_1_to_2_nodes_keeps_the_epoch_whole(slurm_cluster, dataset, 
 
     by_step: dict[int, list[int]] = {}
     losses = []
-    for rank in range(2):
-        for step, record in read_ledger(dump / "ledger" / f"rank_{rank}.jsonl").items():
+    ledgers = [read_ledger(dump / "ledger" / f"rank_{rank}.jsonl") for rank in range(2)]
+    for ledger in ledgers:
+        for step, record in ledger.items():
             by_step.setdefault(step, []).extend(record["samples"])
             losses.append(record["loss"])
     assert sorted(by_step) == list(range(1, 7)) and [len(by_step[s]) for s in range(1, 7)] == [4, 4, 2, 2, 4, 4]
@@ -136,6 +144,15 @@ def test_resize_2_to_1_to_2_nodes_keeps_the_epoch_whole(slurm_cluster, dataset, 
     reference_epoch0 = [i for step in range(1, 5) for ledger in reference for i in ledger[step]["samples"]]
     assert Counter(epoch0) == Counter(reference_epoch0) == Counter(range(SAMPLES))
     assert by_step[6] == [i for ledger in reference for i in ledger[5]["samples"]]
+    # Before the resize each rank's losses are the uninterrupted run's, bit for bit. The first step on one
+    # node starts from those weights (the checkpoint) with rank 0's samples and draws of that step, over
+    # half the global batch: exactly twice the uninterrupted rank 0's loss (x2 is exact in floating point).
+    # Later steps differ in weights and draws (draws depend on the rank): only finiteness is asserted.
+    for rank in range(2):
+        assert [(ledgers[rank][s]["samples"], ledgers[rank][s]["loss"]) for s in (1, 2)] == \
+            [(reference[rank][s]["samples"], reference[rank][s]["loss"]) for s in (1, 2)]
+    assert ledgers[0][3]["samples"] == reference[0][3]["samples"]
+    assert ledgers[0][3]["loss"] == 2 * reference[0][3]["loss"]
     assert all(math.isfinite(loss) for loss in losses)
 
 

@@ -112,20 +112,32 @@ def decode_workers(task_pid: int) -> list[int]:
             and "spawn_main" in (cmd := _reads(f"/proc/{pid}/cmdline")) and "resource_tracker" not in cmd]
 
 
+def store_writer_pid(temporary: Path) -> int:
+    """The process writing a temporary store: the pid its name carries (``StoreWriter``'s token is
+    host-pid-random, and the store is created in the writer process that fills it)."""
+    return int(temporary.name.split(contract.TMP_INFIX, 1)[1].rsplit("-", 2)[1])
+
+
+def stores_being_written(dataset: Path) -> list[Path]:
+    """Temporary stores with shard files and no commit attributes yet (``temporary_stage`` "writing")."""
+    return [tmp for tmp in contract.temporary_store_paths(dataset) if _stage(tmp) == "writing"]
+
+
+def _stage(tmp: Path) -> str | None:
+    try:
+        attrs = json.loads((tmp / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    if "num_samples" in attrs:
+        return "committing"
+    return "writing" if any(p.is_file() and "/c/" in str(p) for p in tmp.rglob("*")) else None
+
+
 def temporary_stage(dataset: Path) -> str | None:
     """What the newest temporary store shows: "writing" (shard files, no commit attributes yet),
     "committing" (its root metadata holds the store attributes ``commit`` writes before verify, fsync
     and rename), or None (no temporary, or one without any shard file yet)."""
-    stages = []
-    for tmp in contract.temporary_store_paths(dataset):
-        try:
-            attrs = json.loads((tmp / "zarr.json").read_text()).get("attributes", {})
-        except (OSError, ValueError):
-            continue
-        if "num_samples" in attrs:
-            stages.append("committing")
-        elif any(p.is_file() and "/c/" in str(p) for p in tmp.rglob("*")):
-            stages.append("writing")
+    stages = [stage for tmp in contract.temporary_store_paths(dataset) if (stage := _stage(tmp))]
     return "committing" if "committing" in stages else (stages[0] if stages else None)
 
 

@@ -1,6 +1,10 @@
 """Every kind of tests/bad_inputs.py's catalogue through ``python -m stage1_encode`` (decode worker on, as
 in production): each bad kind is skipped under its own reason and counted, each valid control is kept
-and encoded, nothing crashes, and nothing is written outside the output directory."""
+and encoded, and nothing crashes. Stores count skips per reason, so each sample kind's own reason is
+checked through the reader and decode step the command's workers run. "Nothing outside ``--output``"
+means, exactly: no new file under the test's temporary root (inputs, a decoy folder, the output's
+parent) but the dataset and the run's log, and no escape target beside the dataset, its shards, the
+working directory or the tars; the rest of the filesystem is not watched."""
 
 from __future__ import annotations
 
@@ -13,8 +17,13 @@ import zarr
 
 from bad_inputs import BOMB_SIDE, OK, write_catalogue
 from shared import contract
-from stage1_encode.skips import SkipReason
-from test_stage1_pipeline import run_cli, verified_stores
+from stage1_encode.asset_loading import load_tokenizers
+from stage1_encode.config import load_config
+from stage1_encode.identity import image_policy
+from stage1_encode.prepare import init_worker, prepare_chunk
+from stage1_encode.skips import Skip, SkipReason
+from stage1_encode.tars import read_tar
+from test_stage1_pipeline import TINY_CONFIG, run_cli, verified_stores
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -73,6 +82,26 @@ def test_every_kind_is_kept_or_skipped_under_its_reason(catalogue_run, tally):
     reasons = len({k.expected for k in catalogue.samples + catalogue.tars} - {OK})
     tally.notes.append(f"bad input: {catalogue.bad_kinds} bad kinds under {reasons} skip reasons, "
                        f"{catalogue.valid_controls} valid controls kept; the bomb declares {BOMB_SIDE}² pixels")
+
+
+def test_each_sample_kind_is_skipped_under_its_own_reason(catalogue_run, tiny_assets):
+    """Per key, not per total: a kind counted under another kind's reason would leave the store's
+    counts unchanged. The catalogue tar through Stage 1's tar reader and its workers' decode and
+    tokenize step (``prepare_chunk``, in this process), at the command's settings."""
+    root, _dataset, catalogue, _before, _result = catalogue_run
+    config = load_config(TINY_CONFIG, [("image.max_pixels", "1000000")])
+    init_worker(lambda: load_tokenizers(tiny_assets, config.text.t5_max_length))
+    read = list(read_tar(root / "tars" / "catalogue.tar"))
+    raw = [item for item in read if not isinstance(item, Skip)]
+    outcomes: dict[str, Counter] = {}
+    for item in [*read, *prepare_chunk(raw, image_policy(config), config.text.t5_max_length)]:
+        if item in raw:
+            continue
+        outcomes.setdefault(item.key, Counter())[str(item.reason) if isinstance(item, Skip) else OK] += 1
+    expected: dict[str, Counter] = {}
+    for kind in catalogue.samples:  # a kind may repeat another's key (a key seen again later in the tar)
+        expected.setdefault(kind.key, Counter()).update([str(kind.expected)] + [OK] * kind.first_kept)
+    assert outcomes == expected
 
 
 def test_nothing_is_written_outside_the_output_directory(catalogue_run, repo_root):

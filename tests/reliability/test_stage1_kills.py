@@ -23,6 +23,8 @@ from rel_stage1 import (
     kill_group,
     make_reference,
     run,
+    store_writer_pid,
+    stores_being_written,
     temporary_stage,
     writer_processes,
 )
@@ -76,14 +78,23 @@ def _kill_where_intended(target: str, proc, dataset: Path) -> str | None:
     if target == "one writer process":
         if not _wait_for(proc, dataset, "writing"):
             return None
-        victim, evidence = _two_of(writer_processes, proc)[0], "a temporary store being written"
+        freeze(proc)
+        held = {store_writer_pid(tmp): tmp for tmp in stores_being_written(dataset)}
+        victim = next((pid for pid in writer_processes(proc.pid) if pid in held), None)
+        if victim is None:  # the store went on to commit before the freeze: let the run finish, try again
+            os.killpg(proc.pid, signal.SIGCONT)
+            proc.wait(timeout=120)
+            return None
+        evidence = f"writer {victim} holding {held[victim].name} (being written)"
         cause = "store writer process died"
+        os.kill(victim, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGCONT)
     else:
         victim = _busy_decode_worker(proc, dataset)
         if victim is None:
             return None
         evidence, cause = "the worker running (decoding) while the task encoded", "BrokenProcessPool"
-    os.kill(victim, signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
     try:
         proc.wait(timeout=120)  # the task notices by itself, stops and says why
     except subprocess.TimeoutExpired:
@@ -99,7 +110,7 @@ def _kill_where_intended(target: str, proc, dataset: Path) -> str | None:
 
 
 def _two_of(find, proc) -> list[int]:
-    """Both processes of a kind (two decode workers; two writers for two stores in flight)."""
+    """Both processes of a kind (two decode workers)."""
     deadline = time.monotonic() + 60
     while len(found := find(proc.pid)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, found
