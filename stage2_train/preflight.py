@@ -33,6 +33,7 @@ from stage2_train.arguments import argument_problems
 from stage2_train.flavors import FLAVORS
 from stage2_train.dataset_extent import incomplete_dataset_refusal
 from stage2_train.identity_check import identity_differences
+from stage2_train.slurm_start import time_limit_row
 
 TRAIN_BYTES_PER_PARAM = 16
 """Training state in memory: fp32 weights, gradients and AdamW's two moments."""
@@ -97,6 +98,9 @@ def train_rows(
         rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)
     rows.append(storage.writable_row("output", dump))
+    time_limit = time_limit_row(dump, environ)  # in a Slurm job: training left per start after start-up
+    if time_limit is not None:
+        rows.append(time_limit)
     if job.checkpoint.enable:
         copies = checkpoint_copies(job.checkpoint.keep_latest_k, job.training.steps, job.checkpoint.interval)
         rows.append(checkpoint_space_row(copies, nparams, free_bytes(dump / job.checkpoint.folder)))

@@ -6,7 +6,8 @@ Slurm warns a job before its time limit (``--signal=B:USR1@…``) and sends SIGT
 noted too. A rank may see the request a step before another does, so at every step boundary all
 ranks all-reduce (max) what they saw — on a CPU group, so the GPU never waits for the host — and
 stop together: each saves its part of the checkpoint of that step, the ranks that can see the stop
-file write ``<stop_file>.stopped`` holding the step, and the batch shell requeues the job.
+file write ``<stop_file>.stopped`` holding the step (and the step they resumed at), and the batch shell
+requeues the job unless the start trained nothing (``slurm_start``).
 """
 
 from __future__ import annotations
@@ -73,13 +74,14 @@ class StopRequest:
         dist.all_reduce(code, op=dist.ReduceOp.MAX, group=self.group)
         return REASONS.get(int(code.item()))
 
-    def acknowledge(self, step: int) -> None:
-        """Tell the batch shell (which can see the stop file) that step ``step`` is checkpointed."""
+    def acknowledge(self, step: int, resumed_at: int) -> None:
+        """Tell the batch shell (which can see the stop file) that the ranks stop at ``step`` (checkpointed)
+        and resumed at ``resumed_at``: equal, this start trained nothing (``slurm_start end`` then stops)."""
         if self.stop_file is None or not self.stop_file.exists():
             return
         done = self.stop_file.with_name(self.stop_file.name + ".stopped")
         partial = done.with_name(f".{done.name}.{os.getpid()}")
-        partial.write_text(f"{step}\n")
+        partial.write_text(f"{step} {resumed_at}\n")
         os.replace(partial, done)
 
 
