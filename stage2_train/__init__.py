@@ -11,6 +11,10 @@ Reads as TorchTitan does, one module per job:
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
     trainer              FluxTrainer minus its encoders
     stop_request         stop at a step all ranks agree on (time limit, preemption), checkpointed
+    liveness             per-rank heartbeat and exit record (with the traceback in the rank's own log)
+    slurm_start          train.sbatch's launcher helper: history line, failure budget, one line per end
+      failure_budget       who ended a start; requeue or stop (budget, a repeated failure, no progress)
+      history              <dump_folder>/history.jsonl, ``python -m stage2_train.history DUMP_FOLDER``
     validator            validation loss and sample images on TorchTitan's validation schedule:
       validation_loss      loss on a held-out Stage 1 dataset, stratified timesteps, fixed draws
       prompt_set / sampling / images   stored prompt encodings -> denoise -> AE decoder -> PNG grid

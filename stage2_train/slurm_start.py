@@ -25,6 +25,7 @@ from pathlib import Path
 from shared.preflight.table import OK, WARN, Row
 from stage2_train import failure_budget, history, liveness
 from stage2_train.history import Start
+from stage2_train.job_config import Stage2
 
 DEFAULT_LEAD_S = 300
 """``#SBATCH --signal=B:USR1@300`` in slurm/train.sbatch (Slurm does not show a job's --signal)."""
@@ -37,7 +38,8 @@ def say(text: str) -> None:
 def job_fields(job_id: str) -> dict[str, str]:
     """``scontrol -o show job``'s Key=Value pairs (none when Slurm cannot be asked)."""
     try:
-        out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+        command = ["scontrol", "-o", "show", "job", job_id]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     return dict(part.split("=", 1) for part in out.split() if "=" in part)
@@ -96,7 +98,10 @@ def begin(args: list[str], environ: os._Environ | dict[str, str] = os.environ) -
 def end(dump: Path, srun_status: int, stop_file: Path, environ: os._Environ | dict[str, str] = os.environ) -> int:
     job, start = _this_start(environ)
     starts = history.read(dump)
-    this = next(s for s in reversed(starts) if (s.job, s.start) == (job, start))
+    this = next((s for s in reversed(starts) if (s.job, s.start) == (job, start)), None)
+    if this is None:  # its line is gone (history.jsonl removed mid-run): this start's end still counts
+        this = Start(job, start, time.time(), environ.get("SLURM_JOB_NODELIST", "local"), Stage2.max_failures)
+        starts.append(this)
     beats, exits = liveness.read(dump)
     fields = job_fields(job)
     training = [b for b in beats.values() if b.training_since is not None]
@@ -152,7 +157,9 @@ def time_limit_row(dump: Path, environ: os._Environ | dict[str, str] = os.enviro
         return None
     starts = history.read(dump)
     startup = next((s.startup_s for s in reversed(starts) if s.startup_s is not None), 0.0)
-    lead = next((s.signal_lead_s for s in reversed(starts) if s.signal_lead_s is not None), None)
+    # A SIGUSR1 sent by hand (scancel --signal=USR1 --batch) measures no lead: keep plausible ones only.
+    leads = [s.signal_lead_s for s in starts if s.signal_lead_s is not None and s.signal_lead_s < limit / 2]
+    lead = leads[-1] if leads else None
     enough, text = failure_budget.room_after_startup(limit, lead if lead is not None else DEFAULT_LEAD_S, startup)
     source = "as the last start measured" if lead is not None else "the script's default lead assumed"
     return Row("time limit", OK if enough else WARN, f"{text} ({source})")

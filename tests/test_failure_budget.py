@@ -74,7 +74,8 @@ def test_no_progress_line_and_the_room_a_start_gets():
     assert no_progress_line(32, 110, 120, 75).startswith(
         "stop: no step trained past step 32 before the time-limit signal: it came 110 s before the 120 s time limit, "
         "and this start took 75 s to reach training")
-    assert room_after_startup(3600, 300, 120) == (True, "--time 3600 s - signal lead 300 s - start-up 120 s leaves 3180 s of training per start")
+    assert room_after_startup(3600, 300, 120) == \
+        (True, "--time 3600 s - signal lead 300 s - start-up 120 s leaves 3180 s of training per start")
     assert room_after_startup(900, 300, 400)[0] is False
 
 

@@ -234,7 +234,8 @@ def test_a_frozen_and_a_killed_rank_requeue_the_job_which_resumes_with_the_unint
             want = reference[rank][record["step"]]
             assert (record["samples"], record["loss"]) == (want["samples"], want["loss"]), record["step"]
     table = _history(dump).splitlines()
-    assert [line.split()[6] for line in table[1:]] == ["failed:", "failed:", "completed:"], table
+    assert len(table) == 4 and f"  failed: start 1 failed: rank 1 (" in table[1], table
+    assert "  failed: start 2 failed: rank 0 (" in table[2] and table[3].endswith(f"  completed: finished at step {STEPS}")
 
 
 def test_past_the_failure_budget_the_job_ends_with_the_budget_line(slurm_cluster, dataset, tmp_path):
@@ -274,6 +275,7 @@ def test_a_time_limit_that_leaves_no_training_after_start_up_ends_the_job_in_two
                         r"(\d+) s before the 120 s time limit, and this start took (\d+) s to reach training", text)
     assert len(reason) == 1 and 50 <= int(reason[0][1]) <= 120, text[-6000:]
     assert "checkpoint step-0 saved" not in text
+    assert re.search(r"time limit +WARN +--time 120 s - signal lead \d+ s - start-up \d+ s leaves -?\d+ s of training", text)
     if reason[0][0] == "0":
         assert "stopping at step 0: time limit (SIGUSR1); no step trained, no checkpoint to save" in text
 
