@@ -27,10 +27,10 @@ import zarr
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 
 from bench.common import REPO, emit
+from fixtures.synthetic import write_synthetic_dataset
 from shared import contract, heartbeat
 from shared.contract import Identity
 from shared.heartbeat import Heartbeat
-from shared.synthetic import write_synthetic_dataset
 
 TEMPLATES = 4
 

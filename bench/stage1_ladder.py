@@ -1,11 +1,11 @@
 """Stage 1 at 512 px on one GPU: a full encode against ``--text-from`` (the AE alone), side by side in one run.
 
-    python bench/stage1_ladder.py [--samples 5000] [--samples-per-tar 5040] [--ceiling-batches 8]
+    python -m bench.stage1_ladder [--samples 5000] [--samples-per-tar 5040] [--ceiling-batches 8]
                                   [--no-compile] [--commit SHA]
                                   [--keep DIR] [--config FILE] [--section.key value …]
-    python bench/stage1_ladder.py --device cpu     # smoke: tiny models, a few dozen samples
+    python -m bench.stage1_ladder --device cpu     # smoke: tiny models, a few dozen samples
 
-The encoders and tars are ``bench/stage1_encode.py``'s (real-size random-weight T5-XXL, CLIP-L and FLUX.1
+The encoders and tars are ``bench.stage1``'s (real-size random-weight T5-XXL, CLIP-L and FLUX.1
 AE; CC12M-style JPEGs, here with every side doubled: 512–1,536 px, one in eight too small). After a
 warm-up of both paths, Stage 1's own pipeline encodes the same tars twice at ``image.size`` 512:
 
@@ -41,19 +41,20 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import emit  # noqa: E402
-from bench.stage1_encode import REPO, build_encoders, dataset_encoder, encoders_ceiling, write_tars  # noqa: E402
-from shared import asset_loading, contract  # noqa: E402
-from shared.assets import write_sample_tars, write_tiny_assets  # noqa: E402
-from stage1_encode.config import EncodeConfig, load_config, parse_overrides  # noqa: E402
-from stage1_encode import prepare  # noqa: E402
-from stage1_encode.encode import Encoders  # noqa: E402
-from stage1_encode.identity import image_policy  # noqa: E402
-from stage1_encode.pipeline import Task, run_task  # noqa: E402
-from stage1_encode.skips import Skip  # noqa: E402
-from stage1_encode.tars import read_tar  # noqa: E402
+from bench.common import emit
+from bench.stage1 import REPO, build_encoders, dataset_encoder, encoders_ceiling, write_tars
+from fixtures import write_sample_tars, write_tiny_assets
+from shared import contract
+from stage1_encode import (
+    asset_loading,
+    prepare,
+)
+from stage1_encode.config import EncodeConfig, load_config, parse_overrides
+from stage1_encode.encode import Encoders
+from stage1_encode.identity import image_policy
+from stage1_encode.pipeline import Task, run_task
+from stage1_encode.skips import Skip
+from stage1_encode.tars import read_tar
 
 BENCH = "stage1_ladder"
 IMAGE_SIZE = 512

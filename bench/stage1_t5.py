@@ -1,7 +1,7 @@
 """T5-XXL's encoder alone on one GPU: samples/s and TFLOP/s of HF's module against ``FusedT5Encoder``.
 
-    python bench/stage1_t5.py [--batches 64,128,256] [--length 256] [--iters 10] [--profile] [--commit SHA]
-    python bench/stage1_t5.py --device cpu --models tiny --batches 2 --length 32 --iters 1   # smoke
+    python -m bench.stage1_t5 [--batches 64,128,256] [--length 256] [--iters 10] [--profile] [--commit SHA]
+    python -m bench.stage1_t5 --device cpu --models tiny --batches 2 --length 32 --iters 1   # smoke
 
 Real-size T5-XXL (random weights, bf16, compiled as Stage 1 compiles it), token ids of Stage 1's shape
 [batch, 256]. For each implementation and batch size one JSON line (``bench/common.py``):
@@ -21,16 +21,13 @@ import os
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import emit  # noqa: E402
-from bench.stage1_encode import MODELS  # noqa: E402
-from shared.asset_loading import TextEncoder  # noqa: E402
-from stage1_encode.t5_fused import FusedT5Encoder  # noqa: E402
+from bench.common import emit
+from bench.stage1 import MODELS
+from stage1_encode.asset_loading import TextEncoder
+from stage1_encode.t5_fused import FusedT5Encoder
 
 BENCH = "stage1_t5"
 KINDS = (("attention", ("fmha", "flash", "attention", "cudnn")), ("matmul", ("gemm", "nvjet", "cutlass", "sm90", "xmma")),
@@ -70,7 +67,8 @@ def _sync(device: torch.device) -> None:
 
 
 def profile(name: str, module, tokens: torch.Tensor) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     cuda = tokens.device.type == "cuda"
     module(tokens)

@@ -1,7 +1,7 @@
 """Stage 1's store writing alone, on the host's CPUs: how many samples/s one writer process commits, and
 how many several commit side by side (what ``workers.stores_in_flight`` buys).
 
-    python bench/stage1_writer.py [--processes 1 3 6] [--samples 512] [--commit SHA]
+    python -m bench.stage1_writer [--processes 1 3 6] [--samples 512] [--commit SHA]
 
 Each process writes its own store of FLUX.1-schnell shapes (T5 [256, 4096], CLIP [768], AE moments
 2 x [16, 32, 32], bf16) through ``shared.store.StoreWriter`` in batches of 256, exactly as a Stage 1
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import emit  # noqa: E402
-from shared import contract  # noqa: E402
-from shared.store import StoreWriter  # noqa: E402
-from shared.synthetic import random_batch, schnell_identity  # noqa: E402
+from bench.common import emit
+from fixtures.synthetic import random_batch, schnell_identity
+from shared import contract
+from shared.store import StoreWriter
 
 BENCH = "stage1_writer"
 BATCH = 256

@@ -32,8 +32,8 @@ export SLURM_CONF="$cluster/etc/slurm.conf" OMP_NUM_THREADS=1 PATH="$repo/.venv/
 sinfo --Node --format='%N %T %G' | sed 's/^/  /'
 
 step "tiny assets and 4 CC12M-style tars"
-[[ -d $work/assets ]] || $py -m shared.assets tiny --out "$work/assets"
-[[ -d $work/tars ]] || $py -m shared.assets sample-data --out "$work/tars" --shards 4 --per-shard 12
+[[ -d $work/assets ]] || $py -m fixtures tiny --out "$work/assets"
+[[ -d $work/tars ]] || $py -m fixtures sample-data --out "$work/tars" --shards 4 --per-shard 12
 
 # Waits for a job and fails the demo with its logs if it did not complete.
 await() {

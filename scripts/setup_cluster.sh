@@ -48,9 +48,9 @@ step "the project and its pinned dependencies${constraints:+ (constraints $CONST
 
 if ((fetch)); then
     step "weights -> $assets (~10 GB)"
-    .venv/bin/python -m shared.assets fetch --out "$assets"
+    .venv/bin/python -m downloads fetch --out "$assets"
 else
-    step "weights: skipped (--skip-fetch); later: HF_TOKEN=… .venv/bin/python -m shared.assets fetch --out $assets"
+    step "weights: skipped (--skip-fetch); later: HF_TOKEN=… .venv/bin/python -m downloads fetch --out $assets"
 fi
 
 cat <<NEXT

@@ -20,7 +20,8 @@ images from while it trains without the text encoders::
       empty_prompt.zarr/           the empty caption's encodings (the unconditional half of CFG)
       prompts.zarr/                ``t5``, ``clip`` and ``prompt`` of each prompt, in file order
 
-It fits a dataset whose text encoders, tokenizers and T5 length are its own (``text_encoder_differences``).
+It fits a dataset whose text encoders, tokenizers and T5 length are its own
+(``shared.pairing.text_encoder_differences``).
 
 An *image dataset* (Stage 1 ``--text-from TEXT``, the resolution ladder) has the same layout but no
 ``empty_prompt.zarr`` and no ``t5``/``clip`` arrays: each store holds the image arrays plus
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.atomic import TMP_INFIX, final_name_of_temporary, fsync_dir, fsync_file, is_temporary, temporary_name  # noqa: F401
 
 SCHEMA_VERSION = 1
 """Bump when the layout or the meaning of an array changes; readers refuse other versions."""
@@ -57,7 +59,6 @@ PROMPTS_STORE = "prompts.zarr"
 SHARDS_DIR = "shards"
 PROGRESS_DIR = "progress"
 STORE_SUFFIX = ".zarr"
-TMP_INFIX = ".tmp-"
 ASSETS_DIR_KEY = "assets_dir"
 """``dataset.json`` key, beside the identity: the assets directory Stage 1 encoded with (where
 ``inspect_shards --grid`` finds the AE weights named in ``Identity.encoders["ae"]``)."""
@@ -181,7 +182,7 @@ class ArraySpec:
 
 
 def array_specs(identity: Identity) -> dict[str, ArraySpec]:
-    """The arrays of one shard store, in write order."""
+    """The arrays of one store, in write order."""
     stored = "uint16" if identity.storage_dtype == "bfloat16" else "float32"
     latent = (identity.latent_channels, identity.latent_size, identity.latent_size)
 
@@ -224,28 +225,6 @@ def prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
 
 TEXT_ENCODERS = ("t5", "clip", "t5_tokenizer", "clip_tokenizer")
 TEXT_FIELDS = ("t5_max_length", "t5_dim", "clip_dim")
-
-
-def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
-    """Why text encodings made under ``identity`` do not belong with ``other``'s (empty: they do).
-
-    Compared: encoder and tokenizer files, T5 length, widths and the tokenizer policy. Not compared:
-    image fields, storage dtype and the encoders' compute dtype, which a prompt set (conditioning
-    for sample images, never trained on) may be made with on another kind of node.
-    """
-    mine, theirs = identity.to_dict(), other.to_dict()
-    differences = [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in TEXT_FIELDS if mine[k] != theirs[k]]
-    differences += [
-        f"encoders.{k}: {identity.encoders.get(k)!r} != {other.encoders.get(k)!r}"
-        for k in TEXT_ENCODERS
-        if identity.encoders.get(k) != other.encoders.get(k)
-    ]
-    if identity.preprocessing.get("tokenizers") != other.preprocessing.get("tokenizers"):
-        differences.append(
-            f"preprocessing.tokenizers: {identity.preprocessing.get('tokenizers')!r} "
-            f"!= {other.preprocessing.get('tokenizers')!r}"
-        )
-    return differences
 
 
 ARRAY_DOCS = {
@@ -342,20 +321,6 @@ def shards_dir(dataset: str | os.PathLike) -> Path:
     return Path(dataset) / SHARDS_DIR
 
 
-def is_temporary(path: str | os.PathLike) -> bool:
-    name = Path(path).name
-    return name.startswith(".") and TMP_INFIX in name
-
-
-def temporary_name(final_name: str, token: str) -> str:
-    """Hidden sibling name for a store being written; ``token`` identifies the writer (host, pid)."""
-    return f".{final_name}{TMP_INFIX}{token}"
-
-
-def final_name_of_temporary(tmp_name: str) -> str:
-    return tmp_name[1:].split(TMP_INFIX, 1)[0]
-
-
 def committed_store_paths(dataset: str | os.PathLike) -> list[Path]:
     """Committed stores (final names only), sorted by name."""
     root = shards_dir(dataset)
@@ -383,12 +348,13 @@ def write_identity(dataset: str | os.PathLike, identity: Identity, extra: dict[s
     path = Path(dataset) / DATASET_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        tmp = path.with_name(f".{DATASET_FILE}{TMP_INFIX}{os.getpid()}-{os.urandom(4).hex()}")
+        tmp = path.with_name(temporary_name(DATASET_FILE))
         payload = {"identity": identity.to_dict(), "identity_digest": identity.digest(), **(extra or {})}
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        _fsync_file(tmp)
+        fsync_file(tmp)
         try:
             os.link(tmp, path)
+            fsync_dir(path.parent)  # the link itself must survive a crash, or the dataset has no identity
         except FileExistsError:
             pass
         finally:
@@ -415,8 +381,3 @@ def read_store_attrs(store: str | os.PathLike) -> StoreAttrs:
     """Read a store's root attributes straight from its ``zarr.json`` (fast: one small file)."""
     meta = json.loads((Path(store) / "zarr.json").read_text())
     return StoreAttrs.from_dict(meta.get("attributes", {}))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

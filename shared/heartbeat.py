@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import contract
+from shared.atomic import atomic_write
 
 
 @dataclass
@@ -54,9 +55,7 @@ def write_heartbeat(dataset: str | os.PathLike, heartbeat: Heartbeat) -> None:
     """Atomically replace a task's heartbeat file."""
     path = heartbeat_path(dataset, heartbeat.task_index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{contract.TMP_INFIX}{os.getpid()}")
-    tmp.write_text(json.dumps(heartbeat.to_dict(), sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(heartbeat.to_dict(), sort_keys=True))
 
 
 def read_heartbeats(dataset: str | os.PathLike) -> list[Heartbeat]:

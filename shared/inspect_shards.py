@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contract import ContractError, Identity
 from shared.inspection import report
-from shared.inspection.summary import STALE_AFTER_S, Summary, summarise
+from shared.progress import STALE_AFTER_S, Summary, summarise
 
 if TYPE_CHECKING:  # imported lazily below: they load torch and zarr, which the summary never needs
     from shared.inspection.grid import GridResult

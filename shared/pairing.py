@@ -166,3 +166,25 @@ def keys_mismatch(image_keys: np.ndarray, text_index: np.ndarray, text_keys: np.
     return sum(
         not (0 <= row < len(text) and text[row] == str(key)) for key, row in zip(image_keys.tolist(), text_index.tolist())
     )
+
+
+def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
+    """Why text encodings made under ``identity`` do not belong with ``other``'s (empty: they do).
+
+    Compared: encoder and tokenizer files, T5 length, widths and the tokenizer policy. Not compared:
+    image fields, storage dtype and the encoders' compute dtype, which a prompt set (conditioning
+    for sample images, never trained on) may be made with on another kind of node.
+    """
+    mine, theirs = identity.to_dict(), other.to_dict()
+    differences = [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in contract.TEXT_FIELDS if mine[k] != theirs[k]]
+    differences += [
+        f"encoders.{k}: {identity.encoders.get(k)!r} != {other.encoders.get(k)!r}"
+        for k in contract.TEXT_ENCODERS
+        if identity.encoders.get(k) != other.encoders.get(k)
+    ]
+    if identity.preprocessing.get("tokenizers") != other.preprocessing.get("tokenizers"):
+        differences.append(
+            f"preprocessing.tokenizers: {identity.preprocessing.get('tokenizers')!r} "
+            f"!= {other.preprocessing.get('tokenizers')!r}"
+        )
+    return differences

@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 
 from shared import checksums, contract
+from shared.atomic import fsync_dir, fsync_tree
 from shared.contract import ArraySpec, ContractError, Identity, StoreAttrs
 
 
@@ -161,7 +162,7 @@ class StoreWriter:
         problems = verify_store(self.tmp_path, self.identity, self.specs, attrs, deep=False)
         if problems:
             raise ContractError(f"verification of {self.tmp_path} failed: {problems}")
-        _fsync_tree(self.tmp_path)
+        fsync_tree(self.tmp_path)
         try:
             os.rename(self.tmp_path, self.final_path)
         except OSError:
@@ -173,7 +174,7 @@ class StoreWriter:
                 shutil.rmtree(self.tmp_path, ignore_errors=True)
                 return existing
             self._replace()
-        _fsync_dir(self.final_path.parent)
+        fsync_dir(self.final_path.parent)
         return attrs
 
     def _replace(self) -> None:
@@ -355,22 +356,6 @@ def _raw_bytes(spec: ArraySpec, n: int) -> int:
 
 def _tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _fsync_tree(path: Path) -> None:
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def shard_count(num_samples: int, samples_per_shard: int) -> int:

@@ -20,12 +20,11 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.asset_loading import AssetsError
+from stage1_encode.asset_loading import AssetsError
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
-from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
-
 
 DAMAGED_SOURCES_EXIT = 3
 

@@ -1,6 +1,6 @@
 """Captions -> token ids, padded/truncated exactly as TorchTitan's FluxTokenizer (CLIP 77, T5 max length).
 
-The tokenizers themselves come from ``shared.asset_loading.load_tokenizers``; this module decides which
+The tokenizers themselves come from ``stage1_encode.asset_loading.load_tokenizers``; this module decides which
 caption bytes are usable and turns a batch of captions into numpy ids (cheap to send between processes).
 """
 

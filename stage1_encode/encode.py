@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from shared import contract
-from shared import asset_loading
+from shared.ae import autoencoder_params, load_autoencoder
+from stage1_encode import asset_loading
 from stage1_encode.config import BatchConfig
 from stage1_encode.t5_fused import FusedT5Encoder
 
@@ -48,14 +49,14 @@ class Encoders:
 
 
 def load_encoders(assets: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> Encoders:
-    """The encoders of an assets directory, loaded as TorchTitan loads them (``shared.asset_loading``); T5
+    """The encoders of an assets directory, loaded as TorchTitan loads them (``stage1_encode.asset_loading``); T5
     runs as ``FusedT5Encoder`` (same weights and math, fewer and faster kernels)."""
-    ae = asset_loading.load_autoencoder(assets, device, dtype)
+    ae = load_autoencoder(assets, device, dtype)
     return Encoders(
         t5=FusedT5Encoder(asset_loading.load_t5(assets, device, dtype).hf_module),
         clip=asset_loading.load_clip(assets, device, dtype),
         ae_encoder=ae.encoder,
-        ae_params=dataclasses.asdict(asset_loading.autoencoder_params(assets)),
+        ae_params=dataclasses.asdict(autoencoder_params(assets)),
         hashes=asset_loading.asset_hashes(assets),
         device=device,
         dtype=dtype,

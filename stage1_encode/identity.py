@@ -1,11 +1,21 @@
-"""The dataset identity Stage 1 writes and checks: encoders, tokenizers and every setting that shapes
-the stored tensors (``shared.contract.Identity``)."""
+"""The dataset identity Stage 1 builds, writes and checks: encoders, tokenizers and every setting that
+shapes the stored tensors (``shared.contract.Identity``) — of a full encode, of an image-only encode
+paired with a text dataset (``--text-from``), and of a prompt set. Built here and nowhere else."""
 
 from __future__ import annotations
 
-from shared.contract import Identity
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared import contract, pairing
+from shared.contract import ContractError, Identity
+from shared.pairing import TextDataset
 from stage1_encode.config import EncodeConfig
 from stage1_encode.decode import ImagePolicy
+from stage1_encode.errors import Stage1Error
 
 CODE_VERSION = "stage1_encode/1"
 """Bump when Stage 1 changes what it stores for the same inputs and encoders (not on every commit:
@@ -41,3 +51,31 @@ def build_identity(
         preprocessing={**image_policy(config).describe(), **CAPTION_POLICY, "encoder_compute": compute},
         code_version=CODE_VERSION,
     )
+
+
+def paired_identity(config: EncodeConfig, encoders: Any, text: TextDataset, compute: dict[str, object]) -> Identity:
+    """This run's image settings and AE, with TEXT's text fields and text encoder hashes."""
+    identity = build_identity(config, encoders.hashes, encoders.ae_params, (text.identity.t5_dim, text.identity.clip_dim), compute)
+    return dataclasses.replace(
+        identity,
+        **pairing.paired_text_fields(text.identity),
+        encoders={**identity.encoders, **pairing.text_encoder_hashes(text.identity)},
+    )
+
+
+def compute_record(dtype: torch.dtype, compile_: bool) -> dict[str, object]:
+    """How the encoders ran, for the identity (it changes the numbers too)."""
+    return {"dtype": str(dtype).removeprefix("torch."), "compile": compile_}
+
+
+def register_dataset(dataset: Path, assets: Path, identity: Identity, extra: dict[str, Any] | None = None) -> None:
+    """``dataset.json`` with the assets directory (and ``extra``) beside the identity; refuses a dataset
+    made otherwise."""
+    try:
+        contract.write_identity(dataset, identity, extra={contract.ASSETS_DIR_KEY: str(assets.resolve()), **(extra or {})})
+    except ContractError as exc:
+        differences = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
+        raise Stage1Error(
+            f"{dataset} was encoded with another identity; refusing to add to it (differences: {differences[:500]}). "
+            f"Use a new --output, or the settings and assets it was made with."
+        ) from exc

@@ -18,25 +18,19 @@ from typing import Callable, TextIO
 
 import torch
 
-from shared import asset_loading, contract, pairing
-from stage1_encode import sources
+from shared import contract, pairing
+from stage1_encode import asset_loading, sources
 from stage1_encode.captions import TokenizerFactory
+from stage1_encode.cleanup import remove_stale
 from stage1_encode.config import EncodeConfig
-from stage1_encode.dataset_setup import (
-    Stage1Error,
-    compute_record,
-    identity_and_empty_prompt,
-    remove_stale,
-    resolve_compute,
-    write_empty_prompt,
-    write_identity,
-)
+from stage1_encode.dataset_setup import identity_and_empty_prompt, resolve_compute, write_empty_prompt
 from stage1_encode.encode import BatchEncoder, Encoders, load_encoders
-from stage1_encode.identity import image_policy
+from stage1_encode.errors import Stage1Error
+from stage1_encode.identity import compute_record, image_policy, paired_identity, register_dataset
 from stage1_encode.prepare import Workers
 from stage1_encode.progress import TaskResult
 from stage1_encode.scheduler import encode_tars
-from stage1_encode.text_from import load_image_encoder, open_text_dataset, paired_identity
+from stage1_encode.text_from import load_image_encoder, open_text_dataset
 
 EncodersFactory = Callable[[torch.device, torch.dtype], Encoders]
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -82,10 +76,10 @@ def run_task(
         encoder = BatchEncoder(encoders, config.batch, compile_, config.encoders.ae_channels_last and device.type == "cuda")
         if text:  # the empty prompt, like every text encoding, is the text dataset's
             identity = paired_identity(config, encoders, text, compute_record(dtype, compile_))
-            write_identity(task.output, task.assets, identity, pairing.location_record(task.output, text.root))
+            register_dataset(task.output, task.assets, identity, pairing.location_record(task.output, text.root))
         else:
             identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizer_factory(), dtype, compile_)
-            write_identity(task.output, task.assets, identity)
+            register_dataset(task.output, task.assets, identity)
         remove_stale(task.output, {contract.store_name(t.name) for t in tars}, config.run.stale_temporary_s)
         if not text:
             write_empty_prompt(task.output, identity, empty)

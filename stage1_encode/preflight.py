@@ -4,7 +4,7 @@
         [--hash] [--section.key value …]            the arguments of python -m stage1_encode
 
 Stage 1's own checks (its input listing, the assets and their hashes, room for the stores it has yet
-to write) beside the rows every stage shares (``shared.preflight``). Nothing hashes the 10 GB of
+to write) beside the rows every stage shares (``preflight``). Nothing hashes the 10 GB of
 weights unless ``--hash`` asks: digests come from the cache that ``asset_hashes`` keeps.
 """
 
@@ -20,15 +20,17 @@ from typing import Any
 
 import torch
 
-from shared import asset_loading, contract
-from shared.asset_loading import AssetsError, asset_hashes, cached_asset_hashes
-from shared.assets.hub import free_bytes
+from preflight import storage, system
+from preflight.storage import free_bytes
+from preflight.table import FAIL, OK, WARN, Row, command_line, print_table
+from shared import contract
+from shared.ae import autoencoder_params
 from shared.contract import ContractError
-from shared.preflight import storage, system
-from shared.preflight.table import FAIL, OK, WARN, Row, command_line, print_table
 from shared.units import size
+from stage1_encode import asset_loading
+from stage1_encode.asset_loading import AssetsError, asset_hashes, cached_asset_hashes
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
-from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.errors import Stage1Error
 from stage1_encode.sources import SourcesError, TarSource, list_tars
 from stage1_encode.text_from import open_text_dataset
 
@@ -159,7 +161,7 @@ def raw_bytes_per_sample(image_size: int, t5_max_length: int, storage_dtype: str
     """Raw tensor bytes of one stored sample, from the config and the assets' own shapes (T5 width from
     its config.json, CLIP's, the AE's latent channels and downsampling from its weights' header);
     ``with_text=False``: the AE moments alone (``--text-from``)."""
-    ae = asset_loading.autoencoder_params(assets)
+    ae = autoencoder_params(assets)
     latent = image_size // 2 ** (len(ae.ch_mult) - 1)
     itemsize = 2 if storage_dtype == "bfloat16" else 4
     image = itemsize * 2 * ae.z_channels * latent * latent

@@ -6,7 +6,7 @@ Stage 2 can draw sample images while it trains without loading the text encoders
 
 One prompt per line, stripped; blank lines are skipped. Tokenizers, encoders, config and identity are
 Stage 1's own, so a prompt set made with a dataset's assets and config fits it (Stage 2 compares their
-text encoders, ``shared.contract.text_encoder_differences``). A prompt set is written once: rerunning with
+text encoders, ``shared.pairing.text_encoder_differences``). A prompt set is written once: rerunning with
 the same prompts does nothing; other prompts need a new ``--output``. The layout is in ``shared.contract``.
 """
 
@@ -18,20 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import asset_loading, contract, torch_storage
+from shared import contract, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader, StoreWriter
+from stage1_encode import asset_loading
 from stage1_encode.captions import tokenize
+from stage1_encode.cleanup import remove_stale_temporaries
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
-from stage1_encode.dataset_setup import (
-    Stage1Error,
-    identity_and_empty_prompt,
-    resolve_compute,
-    write_empty_prompt,
-    write_identity,
-)
+from stage1_encode.dataset_setup import identity_and_empty_prompt, resolve_compute, write_empty_prompt
 from stage1_encode.encode import BatchEncoder, load_encoders
-from stage1_encode.temporaries import remove_stale_temporaries
+from stage1_encode.errors import Stage1Error
+from stage1_encode.identity import register_dataset
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -64,7 +61,7 @@ def encode_prompt_set(config: EncodeConfig, prompts_file: Path, output: Path, as
     encoder = BatchEncoder(encoders, config.batch, compile_, channels_last=False)
     tokenizers = asset_loading.load_tokenizers(assets, config.text.t5_max_length)
     identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizers, dtype, compile_)
-    write_identity(output, assets, identity)  # refuses a set made otherwise
+    register_dataset(output, assets, identity)  # refuses a set made otherwise
     if existing is not None:
         return False
     stores = {contract.EMPTY_PROMPT_STORE, contract.PROMPTS_STORE}

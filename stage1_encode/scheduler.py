@@ -26,13 +26,13 @@ import torch
 from shared import contract
 from shared.contract import Identity
 from shared.pairing import TextDataset
+from stage1_encode.cleanup import remove_stale
 from stage1_encode.config import EncodeConfig
-from stage1_encode.dataset_setup import remove_stale
 from stage1_encode.encode import BatchEncoder
 from stage1_encode.prepare import Prepared, Workers
 from stage1_encode.progress import Progress, TaskResult, slurm_job
-from stage1_encode.sources import TarSource
 from stage1_encode.skips import Skip, SkipReason
+from stage1_encode.sources import TarSource
 from stage1_encode.tars import read_tar
 from stage1_encode.text_from import TextRows
 from stage1_encode.writer import WriterProcess
@@ -53,15 +53,15 @@ def encode_tars(
     """Encode ``tars`` (those of array task ``task`` = (index, count)) into stores of ``dataset``;
     tars whose store is committed already are counted, not encoded again. With ``text`` (``--text-from``)
     only the images are encoded, each sample paired with its row in ``text``."""
-    shards = contract.shards_dir(dataset)
-    shards.mkdir(parents=True, exist_ok=True)
+    stores_dir = contract.shards_dir(dataset)
+    stores_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(
         dataset, *task, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
     )
     fingerprints = {t.name: t.fingerprint().to_dict() for t in tars}
     todo = []
     for tar in tars:
-        store = shards / contract.store_name(tar.name)
+        store = stores_dir / contract.store_name(tar.name)
         attrs = _committed_attrs(store)
         if attrs is not None and attrs.source_fingerprint and attrs.source_fingerprint != fingerprints[tar.name]:
             progress.source_changed(store.name)

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared import asset_loading, contract, pairing
-from shared.contract import Identity
+from shared import contract
+from shared.ae import autoencoder_params, load_autoencoder
 from shared.pairing import PairingError, TextDataset
-from stage1_encode.config import EncodeConfig
-from stage1_encode.dataset_setup import Stage1Error
-from stage1_encode.identity import build_identity
+from stage1_encode import asset_loading
 from stage1_encode.encode import Encoders
+from stage1_encode.errors import Stage1Error
 from stage1_encode.prepare import Prepared
 from stage1_encode.skips import Skip, SkipReason
 from stage1_encode.sources import TarSource
@@ -50,25 +49,15 @@ def open_text_dataset(text_from: Path, tars: list[TarSource], storage_dtype: str
 
 def load_image_encoder(assets: str | os.PathLike, device: torch.device, dtype: torch.dtype) -> Encoders:
     """The AE encoder alone: T5 and CLIP are neither loaded nor hashed (their hashes come from TEXT)."""
-    ae = asset_loading.load_autoencoder(assets, device, dtype)
+    ae = load_autoencoder(assets, device, dtype)
     return Encoders(
         t5=None,
         clip=None,
         ae_encoder=ae.encoder,
-        ae_params=dataclasses.asdict(asset_loading.autoencoder_params(assets)),
+        ae_params=dataclasses.asdict(autoencoder_params(assets)),
         hashes={"ae": asset_loading.asset_hashes(assets)["ae"]},
         device=device,
         dtype=dtype,
-    )
-
-
-def paired_identity(config: EncodeConfig, encoders: Encoders, text: TextDataset, compute: dict[str, object]) -> Identity:
-    """This run's image settings and AE, with TEXT's text fields and text encoder hashes."""
-    identity = build_identity(config, encoders.hashes, encoders.ae_params, (text.identity.t5_dim, text.identity.clip_dim), compute)
-    return dataclasses.replace(
-        identity,
-        **pairing.paired_text_fields(text.identity),
-        encoders={**identity.encoders, **pairing.text_encoder_hashes(text.identity)},
     )
 
 

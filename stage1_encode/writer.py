@@ -1,7 +1,7 @@
 """Writing stores in separate processes, so compression and checksums never hold the GPU back.
 
 One process writing a store (blosc-zstd, SHA-256, CRC, finite check, commit) is slower than the
-encoders on an H100 (``bench/stage1_writer.py`` -> ``bench/results/stage1_writer_h100.jsonl``), and
+encoders on an H100 (``python -m bench.stage1_writer`` -> ``bench/results/stage1_writer_h100.jsonl``), and
 threads do not add much (the GIL, and zarr runs every call on one event-loop thread), so each store
 writer is a process of its own:
 
@@ -28,7 +28,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -37,13 +36,10 @@ import torch
 from shared import contract, torch_storage
 from shared.contract import ArraySpec, Identity, StoreAttrs
 from shared.store import StoreWriter
-from stage1_encode.temporaries import pid_alive
+from stage1_encode.cleanup import SHM_PREFIX
 
 BUFFERS_PER_WRITER = 2
 """One buffer filling from the GPU while the writer copies the other out."""
-SHM_PREFIX = "stage1enc"
-"""Shared-memory names are ``stage1enc_<pid>_<random>``, so a killed task's buffers can be found."""
-SHM_DIR = Path("/dev/shm")
 
 
 # --------------------------------------------------------------------------- messages on the pipe
@@ -184,7 +180,7 @@ class WriterProcess:
             self._shutdown()
 
     def abort(self) -> None:
-        """Stop the writer at once; its temporary (same host, dead pid) is removed by ``temporaries``."""
+        """Stop the writer at once; its temporary (same host, dead pid) is removed by ``cleanup``."""
         self._process.terminate()
         self._shutdown()
 
@@ -286,17 +282,6 @@ class _SharedBatch:
         self.shm.close()
         if unlink:
             self.shm.unlink()
-
-
-def remove_orphaned_buffers() -> list[str]:
-    """Unlink shared buffers of this host's killed tasks (SIGKILL takes the resource tracker along)."""
-    removed = []
-    for path in SHM_DIR.glob(f"{SHM_PREFIX}_*_*") if SHM_DIR.is_dir() else []:
-        pid = path.name.split("_")[1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed
 
 
 def _cuda_host_register(shm: SharedMemory, register: bool) -> bool:

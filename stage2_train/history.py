@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from shared.atomic import atomic_write
+
 
 FILE = "history.jsonl"
 FAILED_ENDS = ("failed", "lost")
@@ -59,11 +61,8 @@ def read(dump_folder: str | os.PathLike) -> list[Start]:
 
 def write(dump_folder: str | os.PathLike, starts: list[Start]) -> None:
     """The whole file, replaced atomically (it stays small: one line per start)."""
-    path = Path(dump_folder) / FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{FILE}.{os.getpid()}")
-    partial.write_text("".join(json.dumps(asdict(s)) + "\n" for s in starts))
-    os.replace(partial, path)
+    Path(dump_folder).mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(dump_folder) / FILE, "".join(json.dumps(asdict(s)) + "\n" for s in starts))
 
 
 def of_job(starts: list[Start], job: str) -> list[Start]:

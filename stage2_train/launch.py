@@ -22,8 +22,10 @@ from torchtitan.train import Trainer
 
 import stage2_train.train_spec  # noqa: F401  (registers the TrainSpec)
 from shared.contract import ContractError
-from stage2_train import cli_help, liveness, log_filter
-from stage2_train.device import use_cpu_if_no_cuda
+from stage2_train.cli import help as cli_help
+from stage2_train.infra import liveness
+from stage2_train.infra.device import use_cpu_if_no_cuda
+from stage2_train.monitor import log_filter
 from stage2_train.trainer import PrecomputedFluxTrainer
 
 

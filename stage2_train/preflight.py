@@ -6,7 +6,7 @@ It takes exactly the arguments of ``python -m stage2_train`` (``slurm/train.sbat
 same ones) and refuses any other before a job starts.
 
 Stage 2's own checks (its config and flavor, the dataset's identity against them, room for
-checkpoints) beside the rows every stage shares (``shared.preflight``).
+checkpoints) beside the rows every stage shares (``preflight``).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import torch
 from torchtitan.config import ConfigManager, JobConfig
 from torchtitan.models.flux.model.args import FluxModelArgs
 
+from preflight import storage, system
+from preflight.storage import free_bytes
+from preflight.table import FAIL, OK, Row, command_line, print_table
 from shared import contract, pairing
-from shared.assets.hub import free_bytes
 from shared.contract import ContractError
-from shared.preflight import storage, system
-from shared.preflight.table import FAIL, OK, Row, command_line, print_table
 from shared.units import count, size
-from stage2_train.accumulation import global_batch_refusal
-from stage2_train.arguments import argument_problems
-from stage2_train.flavors import FLAVORS
-from stage2_train.dataset_extent import incomplete_dataset_refusal
-from stage2_train.identity_check import identity_differences
+from stage2_train.cli.arguments import argument_problems
+from stage2_train.data.extent import incomplete_dataset_refusal
+from stage2_train.data.identity_check import identity_differences
+from stage2_train.infra.accumulation import global_batch_refusal
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.slurm_start import time_limit_row
 
 TRAIN_BYTES_PER_PARAM = 16

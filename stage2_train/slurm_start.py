@@ -22,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from shared.preflight.table import OK, WARN, Row
-from stage2_train import failure_budget, history, liveness
+from preflight.table import OK, WARN, Row
+from stage2_train import history
+from stage2_train.infra import failure_budget, liveness
 from stage2_train.history import Start
 from stage2_train.job_config import Stage2
 

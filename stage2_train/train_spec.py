@@ -11,12 +11,12 @@ from torchtitan.models.flux import FluxModel
 from torchtitan.models.flux.model.state_dict_adapter import FluxStateDictAdapter
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
-import stage2_train.float8  # noqa: F401  (registers the "float8" model converter)
-from stage2_train.data import build_precomputed_dataloader
-from stage2_train.flavors import FLAVORS
-from stage2_train.metrics import build_sample_metrics_processor
-from stage2_train.parallelize import parallelize_precomputed_flux
-from stage2_train.validator import build_precomputed_validator
+import stage2_train.model.float8  # noqa: F401  (registers the "float8" model converter)
+from stage2_train.data.loader import build_precomputed_dataloader
+from stage2_train.infra.parallelize import parallelize_precomputed_flux
+from stage2_train.model.flavors import FLAVORS
+from stage2_train.monitor.metrics import build_sample_metrics_processor
+from stage2_train.validation.validator import build_precomputed_validator
 
 MODEL_NAME = "flux_precomputed"
 

@@ -25,12 +25,12 @@ from torchtitan.models.flux.train import FluxTrainer
 from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
-from stage2_train.accumulation import MicroBatchCounter, check_global_batch
-from stage2_train.data import load_empty_prompt
-from stage2_train.ledger import SampleLedger
-from stage2_train.liveness import Liveness
+from stage2_train.data.dataset import load_empty_prompt
+from stage2_train.data.ledger import SampleLedger
+from stage2_train.infra.accumulation import MicroBatchCounter, check_global_batch
+from stage2_train.infra.liveness import Liveness
+from stage2_train.infra.stop_request import StopRequest, checkpoint_now
 from stage2_train.step import flow_matching_batch, step_generator
-from stage2_train.stop_request import StopRequest, checkpoint_now
 
 
 class PrecomputedFluxTrainer(FluxTrainer):

@@ -1,4 +1,4 @@
-"""A local directory behind ``shared.assets.mirror.Remote`` (our own interface; the Hub implements it too),
+"""A local directory behind ``downloads.mirror.Remote`` (our own interface; the Hub implements it too),
 for the CC12M download tests. Not a test module: the killed-download test also runs it in a subprocess."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import random
 import time
 from pathlib import Path
 
-from shared.assets.cc12m import shard_name
-from shared.assets.mirror import RemoteFile
+from downloads.cc12m import shard_name
+from downloads.mirror import RemoteFile
 
 CHUNK = 16 * 1024
 

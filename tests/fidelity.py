@@ -21,6 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import ExifTags, Image
+from test_stage1_slurm import online_image, online_models, tar_samples
+from test_stage2_helpers import parse_job_config
 from torchtitan.components.loss import build_mse_loss
 from torchtitan.distributed import ParallelDims
 from torchtitan.distributed import utils as dist_utils
@@ -29,13 +31,12 @@ from torchtitan.models.flux.train import FluxTrainer
 
 from shared import contract
 from shared.store import StoreReader
-from stage2_train.accumulation import MicroBatchCounter
-from stage2_train.data import PrecomputedDataset, collate, load_empty_prompt, open_dataset, precomputed_dataset
-from stage2_train.flavors import FLAVORS
+from stage2_train.data.dataset import PrecomputedDataset, collate, load_empty_prompt
+from stage2_train.data.loader import open_dataset, precomputed_dataset
+from stage2_train.infra.accumulation import MicroBatchCounter
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.step import step_generator, step_seed
 from stage2_train.trainer import PrecomputedFluxTrainer
-from test_stage1_slurm import online_image, online_models, tar_samples
-from test_stage2_helpers import parse_job_config
 
 STEP = 3
 """A step whose dropout draws at 0.447 drop T5 only, CLIP only, both and neither among the first 4 samples."""

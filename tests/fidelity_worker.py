@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from fidelity import comparable_samples, compare_step
 from torchtitan.distributed import ParallelDims
 
-from fidelity import comparable_samples, compare_step
-from stage2_train.device import use_cpu_if_no_cuda
+from stage2_train.infra.device import use_cpu_if_no_cuda
 
 
 def main(tars: str, root: str, assets: str, workdir: str, out: str, batch: str, threads: str) -> None:

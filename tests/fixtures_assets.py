@@ -1,14 +1,14 @@
-"""Session fixture: tiny FLUX.1-schnell-layout assets (``python -m shared.assets tiny``, seed 0).
+"""Session fixture: tiny FLUX.1-schnell-layout assets (``python -m fixtures tiny``, seed 0).
 
 Register with ``pytest_plugins = ["fixtures_assets"]``. Treat the directory as read-only; copy it to
-change files. ``shared.asset_loading.asset_hashes`` may add its hidden hash cache there.
+change files. ``stage1_encode.asset_loading.asset_hashes`` may add its hidden hash cache there.
 """
 
 from pathlib import Path
 
 import pytest
 
-from shared.assets import write_tiny_assets
+from fixtures import write_tiny_assets
 
 TINY_SEED = 0
 

@@ -1,4 +1,4 @@
-"""shared.asset_loading on the tiny assets: it computes what TorchTitan's own classes compute from the same files,
+"""stage1_encode.asset_loading on the tiny assets: it computes what TorchTitan's own classes compute from the same files,
 infers the AE architecture (tiny and real schnell), and checks and hashes the assets directory."""
 
 import hashlib
@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared import asset_loading
-from shared.assets import corpus
-from shared.assets.tiny import AE_DIMS
+from fixtures import corpus
+from fixtures.tiny import AE_DIMS
+from shared.ae import autoencoder_params, load_autoencoder
+from stage1_encode import asset_loading
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -120,9 +121,9 @@ def test_clip_pools_at_first_end_token(tiny_assets):
 def test_autoencoder_matches_load_ae(tiny_assets):
     from torchtitan.models.flux.model.autoencoder import AutoEncoderParams, load_ae
 
-    params = asset_loading.autoencoder_params(tiny_assets)
+    params = autoencoder_params(tiny_assets)
     assert params == AutoEncoderParams(**AE_DIMS)
-    ae = asset_loading.load_autoencoder(tiny_assets, "cpu", torch.float32)
+    ae = load_autoencoder(tiny_assets, "cpu", torch.float32)
     ref = load_ae(str(tiny_assets / "ae.safetensors"), AutoEncoderParams(**AE_DIMS), device="cpu", dtype=torch.float32)
     images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
@@ -141,7 +142,7 @@ def test_autoencoder_params_of_real_schnell_file(tmp_path):
     with torch.device("meta"):
         shapes = {k: list(v.shape) for k, v in AutoEncoder(schnell).state_dict().items()}
     write_sparse_safetensors(tmp_path / "ae.safetensors", shapes)
-    assert asset_loading.autoencoder_params(tmp_path) == schnell
+    assert autoencoder_params(tmp_path) == schnell
 
 
 def write_sparse_safetensors(path: Path, shapes: dict[str, list[int]]) -> None:
@@ -163,7 +164,7 @@ def test_load_autoencoder_refuses_missing_or_extra_keys(assets_copy):
     state["encoder.extra.weight"] = state.pop("decoder.mid.attn_1.q.weight")
     save_file(state, path)
     with pytest.raises(asset_loading.AssetsError, match=r"decoder\.mid\.attn_1\.q\.weight.*encoder\.extra\.weight"):
-        asset_loading.load_autoencoder(assets_copy)
+        load_autoencoder(assets_copy)
 
 
 def test_text_encoder_refuses_incomplete_weights(assets_copy, caplog):

@@ -1,4 +1,4 @@
-"""``python -m shared.assets``: tiny assets (dims, determinism), sample CC12M tars, and fetch's refusals."""
+"""``python -m fixtures`` and ``python -m downloads fetch``: tiny assets (dims, determinism), sample CC12M tars, and fetch's refusals."""
 
 import io
 import json
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from shared import asset_loading
-from shared.assets import fetch, sample_data, write_sample_tars
-from shared.assets.__main__ import main
+from downloads import fetch
+from fixtures import sample_data, write_sample_tars
+from fixtures.__main__ import main
+from shared.ae import autoencoder_params
+from stage1_encode import asset_loading
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -22,8 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, code: str | None = None) -> subprocess.CompletedProcess:
-    """``python -m shared.assets ARGS`` in a fresh interpreter (or ``python -c CODE ARGS``)."""
-    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "shared.assets", *args]
+    """``python -m fixtures ARGS`` (``downloads`` for fetch) in a fresh interpreter (or ``python -c CODE ARGS``)."""
+    package = "downloads" if args[0] == "fetch" else "fixtures"
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", package, *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -49,7 +52,7 @@ def test_tiny_dims(tiny_assets):
     assert t5_tok.hf_tokenizer.convert_tokens_to_ids(["<pad>", "</s>", "<unk>", "<extra_id_0>", "<extra_id_99>"]) == [
         0, 1, 2, 799, 700
     ]
-    params = asset_loading.autoencoder_params(tiny_assets)
+    params = autoencoder_params(tiny_assets)
     assert (params.ch, params.ch_mult, params.num_res_blocks, params.z_channels) == (32, (1, 1, 1, 1), 1, 16)
 
 
@@ -133,8 +136,8 @@ def test_fetch_without_network(tmp_path):
     secret = "hf_SECRETtoken1234567890"
     env = fetch_env(tmp_path, HF_TOKEN=secret, HF_ENDPOINT=f"http://127.0.0.1:{port}")
     # Free space is whatever this machine has: pretend plenty, so the network is what fails.
-    code = ("import sys; import shared.assets.fetch as f; f.free_bytes = lambda path: 1 << 50; "
-            "from shared.assets.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; import downloads.fetch as f; f.free_bytes = lambda path: 1 << 50; "
+            "from downloads.__main__ import main; sys.exit(main(sys.argv[1:]))")
     result = run_cli("fetch", "--out", str(tmp_path / "assets"), env=env, code=code)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -170,3 +173,13 @@ def test_fetch_verifies_and_warms_hash_cache(tiny_assets, tmp_path, monkeypatch)
     monkeypatch.setattr(fetch, "_download", lambda out, token: (out / "text_encoder" / "config.json").unlink())
     with pytest.raises(fetch.FetchError, match="not usable: .*text_encoder/config.json: missing"):
         fetch.fetch_assets(out)
+
+
+@pytest.mark.parametrize("command, new", [("tiny", "fixtures tiny"), ("sample-data", "fixtures sample-data"),
+                                          ("fetch", "downloads fetch"), ("cc12m", "downloads cc12m")])  # fmt: skip
+def test_the_old_assets_command_names_the_new_one_in_one_line(tmp_path, command, new):
+    result = subprocess.run([sys.executable, "-m", "shared.assets", command, "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [f"python -m shared.assets {command} moved: use python -m {new}"]
+    assert not (tmp_path / "x").exists()

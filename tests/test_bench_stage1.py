@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from test_stage2_helpers import REPO_ROOT
 
 
-def _figures(script: str, *args: str) -> dict[str, dict]:
-    result = subprocess.run([sys.executable, f"bench/{script}", "--device", "cpu", *args], cwd=REPO_ROOT,
+def _figures(module: str, *args: str) -> dict[str, dict]:
+    result = subprocess.run([sys.executable, "-m", f"bench.{module}", "--device", "cpu", *args], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return {r["figure"]: r for r in map(json.loads, result.stdout.splitlines())}
@@ -28,7 +27,7 @@ def _assert_ratio_of(ratio: float, numerator: float, denominator: float) -> None
 
 
 def test_ladder_benchmark_compares_both_paths_against_their_ceilings():
-    figures = _figures("stage1_ladder.py", "--samples", "16", "--ceiling-batches", "1")
+    figures = _figures("stage1_ladder", "--samples", "16", "--ceiling-batches", "1")
     full, image = figures["full_e2e_samples_per_s"], figures["text_from_e2e_samples_per_s"]
     assert full["image_size"] == 512 and full["samples"] > 0
     _assert_ratio_of(figures["text_from_speedup"]["value"], image["value"], full["value"])
@@ -44,7 +43,7 @@ def test_ladder_benchmark_compares_both_paths_against_their_ceilings():
 
 
 def test_encode_benchmark_stores_what_it_encodes():
-    figures = _figures("stage1_encode.py", "--samples", "16", "--samples-per-tar", "10", "--ceiling-batches", "1")
+    figures = _figures("stage1", "--samples", "16", "--samples-per-tar", "10", "--ceiling-batches", "1")
     assert figures["e2e_samples_per_s"]["samples"] > 0 and figures["e2e_samples_per_s"]["tars"] == 2
     assert figures["first_batch_bit_identical"]["value"] == 1
     _assert_ratio_of(figures["e2e_over_ceiling"]["value"], figures["e2e_samples_per_s"]["value"],
@@ -53,7 +52,7 @@ def test_encode_benchmark_stores_what_it_encodes():
 
 
 def test_t5_benchmark_times_each_implementation_and_their_error():
-    figures = _figures("stage1_t5.py", "--models", "tiny", "--batches", "2", "--length", "32", "--iters", "1")
+    figures = _figures("stage1_t5", "--models", "tiny", "--batches", "2", "--length", "32", "--iters", "1")
     for impl in ("hf", "fused", "hf_eager_attention"):
         assert figures[f"{impl}.samples_per_s"]["value"] > 0 and figures[f"{impl}.samples_per_s"]["batch"] == 2
         # On the CPU the fused encoder computes what HF's does, so both are as far from float32.

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from test_stage2_helpers import REPO_ROOT, torchrun_env
 
 from bench.stage2.figures import SMOOTHING_STEPS, fidelity
 from shared.contract import read_identity
-from stage2_train.flavors import FLAVORS, LATENT_PATCH
-from stage2_train.flops import flux_training_flops_per_sample, image_tokens
-from test_stage2_helpers import REPO_ROOT, torchrun_env
+from stage2_train.model.flavors import FLAVORS, LATENT_PATCH
+from stage2_train.model.flops import flux_training_flops_per_sample, image_tokens
 
 STEPS = 3
 TEXT_TOKENS = 256

@@ -1,4 +1,4 @@
-"""``python -m shared.assets cc12m``: arguments, resume after a kill, verification, and the refusals,
+"""``python -m downloads cc12m``: arguments, resume after a kill, verification, and the refusals,
 against a local directory behind our own ``Remote`` interface (never the Hub)."""
 
 import argparse
@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fake_remote import DirectoryRemote, write_remote
-from shared.assets import cc12m
-from shared.assets.__main__ import main
-from shared.assets.hub import FetchError
-from shared.assets.mirror import STAGING
+
+from downloads import cc12m
+from downloads.__main__ import main
+from downloads.hub import FetchError
+from downloads.mirror import STAGING
 from shared.tasks import TaskSliceError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def test_killed_download_leaves_no_partial_tar_and_resumes(tmp_path):
     write_remote(tmp_path / "remote", count=8, size=SIZE)
     out = tmp_path / "out"
     code = (
-        "import sys; from pathlib import Path; from fake_remote import DirectoryRemote; from shared.assets import cc12m;"
+        "import sys; from pathlib import Path; from fake_remote import DirectoryRemote; from downloads import cc12m;"
         f"r = DirectoryRemote(Path({str(tmp_path / 'remote')!r}), Path({str(tmp_path / 'killed.log')!r}), delay_s=0.02);"
         f"cc12m.mirror_tars(r, Path({str(out)!r}), cc12m.task_shards(range(8), 0, 1), 2, False, 0.1)"
     )
@@ -162,7 +162,7 @@ def test_refusals_before_downloading(remote, tmp_path, monkeypatch):
 
 
 def test_without_token(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "shared.assets", "cc12m", "--out", str(tmp_path / "out")], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "downloads", "cc12m", "--out", str(tmp_path / "out")], cwd=REPO,
                             env=offline_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 from stage2_train import history
-from stage2_train.failure_budget import culprit, next_move, no_progress_line, room_after_startup
+from stage2_train.infra.failure_budget import culprit, next_move, no_progress_line, room_after_startup
 from stage2_train.history import Start
-from stage2_train.liveness import Beat, Exit, cause, waited
+from stage2_train.infra.liveness import Beat, Exit, cause, waited
 from stage2_train.slurm_start import decide
 from test_stage2_helpers import REPO_ROOT
 

@@ -15,10 +15,10 @@ import pytest
 from shared import contract
 from stage1_encode.progress import Progress
 from stage1_encode.sources import list_tars
-from stage2_train.arguments import argument_problems
-from stage2_train.cli_help import project_help
-from stage2_train.log_filter import ReadableLog
-from stage2_train.wandb_mode import decide
+from stage2_train.cli.arguments import argument_problems
+from stage2_train.cli.help import project_help
+from stage2_train.monitor.log_filter import ReadableLog
+from stage2_train.monitor.wandb_mode import decide
 
 REPO = Path(__file__).resolve().parents[1]
 

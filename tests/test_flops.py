@@ -18,8 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchtitan.models.flux import FluxModel
 from torchtitan.models.flux.utils import create_position_encoding_for_latents
 
-from stage2_train.flavors import FLAVORS, LATENT_PATCH, PrecomputedFluxArgs
-from stage2_train.flops import flux_training_flops_per_sample, image_tokens
+from stage2_train.model.flavors import FLAVORS, LATENT_PATCH, PrecomputedFluxArgs
+from stage2_train.model.flops import flux_training_flops_per_sample, image_tokens
 
 TEXT_TOKENS = 256
 

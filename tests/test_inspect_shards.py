@@ -1,5 +1,5 @@
 """``python -m shared.inspect_shards``: summary counts, heartbeats, temporaries, --verify on damaged
-stores, --show/--key and --grid, on datasets written through the contract (``shared.synthetic``)."""
+stores, --show/--key and --grid, on datasets written through the contract (``fixtures.synthetic``)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,15 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchtitan.models.flux.model.autoencoder import AutoEncoder, AutoEncoderParams
 
+from fixtures.synthetic import write_synthetic_dataset
 from shared import checksums, contract, torch_storage
+from shared import latent_grid as grid
+from shared import progress as summary
 from shared.contract import Identity
 from shared.heartbeat import Heartbeat, write_heartbeat
-from shared.inspection import grid, report, samples, summary, verify
 from shared.inspect_shards import main
+from shared.inspection import report, samples, verify
 from shared.store import StoreWriter
-from shared.synthetic import write_synthetic_dataset
 
 TINY_AE = AutoEncoderParams(
     resolution=256, in_channels=3, ch=32, out_ch=3, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=16
@@ -404,8 +406,8 @@ def stage1_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stage1")
     repo = Path(__file__).resolve().parent.parent
     commands = [
-        ["shared.assets", "tiny", "--out", root / "assets"],
-        ["shared.assets", "sample-data", "--out", root / "tars", "--shards", "3", "--per-shard", "4"],
+        ["fixtures", "tiny", "--out", root / "assets"],
+        ["fixtures", "sample-data", "--out", root / "tars", "--shards", "3", "--per-shard", "4"],
         ["stage1_encode", "--input", root / "tars", "--output", root / "ds", "--assets", root / "assets",
          "--config", repo / "configs" / "encode_tiny.toml", "--task-index", "0", "--num-tasks", "1"],
     ]

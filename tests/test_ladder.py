@@ -17,34 +17,35 @@ from pathlib import Path
 import pytest
 import torch
 import zarr
-
+from fidelity import comparable_samples, compare_step
 from PIL import Image
+from test_preflight import table
+from test_stage1_pipeline import REPO, TINY_CONFIG
+from test_stage1_units import image_bytes
+from test_stage2_helpers import parse_job_config
 from torchtitan.components.loss import build_mse_loss
 from torchtitan.models.flux import FluxModel
 
-from shared import asset_loading, contract, inspect_shards, pairing
-from shared.inspection.grid import grid_size
-from shared.assets.sample_data import shard_name
+from fixtures.sample_data import shard_name
+from preflight.table import FAIL, OK
+from shared import contract, inspect_shards, pairing
+from shared.latent_grid import grid_size
 from shared.pairing import PairingError
-from shared.preflight.table import FAIL, OK
+from stage1_encode import asset_loading
 from stage1_encode import preflight as encode_preflight
 from stage1_encode import prompts as prompt_cli
 from stage1_encode.config import load_config
-from stage1_encode.preflight import main as encode_main
-from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
-from stage2_train.data import build_precomputed_dataloader, collate, load_empty_prompt, precomputed_dataset
-from stage2_train.flavors import FLAVORS
-from stage2_train.images import ImageSampler
-from stage2_train.paired_data import PairedDataset
-from stage2_train.prompt_set import load_prompt_set
-from stage2_train.validation_loss import ValidationLoss
+from stage1_encode.preflight import main as encode_main
+from stage2_train.data.dataset import collate, load_empty_prompt
+from stage2_train.data.loader import build_precomputed_dataloader, precomputed_dataset
+from stage2_train.data.paired import PairedDataset
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.preflight import main as train_main
-from test_stage1_pipeline import REPO, TINY_CONFIG
-from test_stage1_units import image_bytes
-from test_preflight import table
-from test_stage2_helpers import parse_job_config
-from fidelity import comparable_samples, compare_step
+from stage2_train.validation.images import ImageSampler
+from stage2_train.validation.loss import ValidationLoss
+from stage2_train.validation.prompt_set import load_prompt_set
 
 pytest_plugins = ["fixtures_assets"]
 

@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_stage2_helpers import write_tiny_dataset
 
-from shared import asset_loading, contract
-from shared.preflight import system
-from shared.preflight.system import Cluster
-from shared.preflight.table import FAIL, OK, WARN, Row, render
+from preflight import system
+from preflight.system import Cluster
+from preflight.table import FAIL, OK, WARN, Row, render
+from shared import contract
 from shared.units import size
+from stage1_encode import asset_loading
 from stage1_encode import preflight as encode_preflight
 from stage1_encode.preflight import main as encode_main
 from stage2_train import preflight as train_preflight
 from stage2_train.preflight import main as train_main
-from test_stage2_helpers import write_tiny_dataset
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -153,7 +154,7 @@ def test_slurm_allocation_from_environment():
 @pytest.fixture
 def encode_inputs(tiny_assets, tmp_path):
     """Tiny assets without a hash cache, two real sample tars, and a dataset path not yet created."""
-    from shared.assets import write_sample_tars
+    from fixtures import write_sample_tars
 
     assets = Path(shutil.copytree(tiny_assets, tmp_path / "assets", ignore=shutil.ignore_patterns(".sha256-cache*")))
     write_sample_tars(tmp_path / "tars", shards=2, per_shard=3)

@@ -28,7 +28,7 @@ def test_cpu_setup_installs_and_prints_the_next_three_commands(tmp_path):
     out = result.stdout
     assert "torch (torch==2.13.0) from https://download.pytorch.org/whl/cpu" in out  # the lock's torch
     assert "CUDA build None" in out
-    assert f"weights: skipped (--skip-fetch); later: HF_TOKEN=… .venv/bin/python -m shared.assets fetch --out {assets}" in out
+    assert f"weights: skipped (--skip-fetch); later: HF_TOKEN=… .venv/bin/python -m downloads fetch --out {assets}" in out
     nexts = [line.strip() for line in out.splitlines() if line.strip()[:3] in ("1. ", "2. ", "3. ")]
     assert [n.split(" ", 2)[1] for n in nexts] == ["sbatch", ".venv/bin/python", "sbatch"], out
     assert f"--assets {assets}" in nexts[0] and "slurm/train.sbatch" in nexts[2]

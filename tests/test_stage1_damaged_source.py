@@ -5,10 +5,11 @@ a whole copy, the rerun encodes that store again. The progress lines carry an ET
 import re
 from pathlib import Path
 
-from shared import contract
-from shared.assets import write_sample_tars
-from shared.inspect_shards import main as inspect_main
 from test_stage1_pipeline import TINY_CONFIG
+
+from fixtures import write_sample_tars
+from shared import contract
+from shared.inspect_shards import main as inspect_main
 
 pytest_plugins = ["fixtures_assets"]
 

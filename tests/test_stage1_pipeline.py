@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import write_sample_tars
 from shared import contract, heartbeat
-from shared.asset_loading import AssetsError
-from shared.assets import write_sample_tars
 from shared.store import verify_store
+from stage1_encode.asset_loading import AssetsError
 from stage1_encode.config import load_config
-from stage1_encode.dataset_setup import Stage1Error
+from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
 

@@ -10,11 +10,11 @@ import datasets
 import torch
 import zarr
 from PIL import Image
-
-from shared import contract, heartbeat
-from shared.assets import write_sample_tars
-from shared.assets.tiny import AE_DIMS
 from test_stage1_pipeline import TINY_CONFIG, verified_stores
+
+from fixtures import write_sample_tars
+from fixtures.tiny import AE_DIMS
+from shared import contract, heartbeat
 
 pytest_plugins = ["fixtures_assets"]
 

@@ -19,11 +19,11 @@ from PIL import Image
 from shared import contract
 from stage1_encode import sources
 from stage1_encode.__main__ import parse_args
+from stage1_encode.cleanup import remove_stale_temporaries
 from stage1_encode.config import ConfigError, EncodeConfig, load_config
 from stage1_encode.decode import ImagePolicy, crop_offset, decode_image
 from stage1_encode.skips import Skip
 from stage1_encode.tars import RawSample, read_tar
-from stage1_encode.temporaries import remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = ImagePolicy(size=256, jpeg_draft=False, max_pixels=89_478_485)

@@ -13,23 +13,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from fidelity import fidelity_model
+from test_stage2_helpers import parse_job_config, run_stage2, write_tiny_dataset
 from torchtitan.components.loss import build_mse_loss
 from torchtitan.components.lr_scheduler import build_lr_schedulers
 from torchtitan.components.optimizer import build_optimizers
 from torchtitan.distributed import ParallelDims
 from torchtitan.distributed import utils as dist_utils
 
-from fidelity import fidelity_model
-from shared.preflight.system import Cluster
-from shared.preflight.table import FAIL, OK
-from stage2_train.accumulation import MicroBatchCounter
-from stage2_train.data import collate, load_empty_prompt, open_dataset, precomputed_dataset
-from stage2_train.flavors import FLAVORS
-from stage2_train.ledger import SampleLedger, read_ledger
+from preflight.system import Cluster
+from preflight.table import FAIL, OK
+from stage2_train.data.dataset import collate, load_empty_prompt
+from stage2_train.data.ledger import SampleLedger, read_ledger
+from stage2_train.data.loader import open_dataset, precomputed_dataset
+from stage2_train.infra.accumulation import MicroBatchCounter
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.preflight import global_batch_row
 from stage2_train.step import FlowMatchingBatch, flow_matching_batch, step_generator, step_seed
 from stage2_train.trainer import PrecomputedFluxTrainer
-from test_stage2_helpers import parse_job_config, run_stage2, write_tiny_dataset
 
 STEP = 3
 GRAD_TOLERANCE = 1e-6

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, tiny_identity, write_tiny_dataset
 
+from fixtures.synthetic import schnell_identity
 from shared import contract
 from shared.contract import ContractError
 from shared.store import StoreReader
-from shared.synthetic import schnell_identity
-from stage2_train.data import PrecomputedDataset, build_precomputed_dataloader, collate, load_empty_prompt, open_dataset
-from stage2_train.flavors import FLAVORS
-from stage2_train.identity_check import identity_differences
-from stage2_train.sampler import EpochBatchSampler, SamplePosition, epoch_order
-from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, tiny_identity, write_tiny_dataset
+from stage2_train.data.dataset import PrecomputedDataset, collate, load_empty_prompt
+from stage2_train.data.identity_check import identity_differences
+from stage2_train.data.loader import build_precomputed_dataloader, open_dataset
+from stage2_train.data.sampler import EpochBatchSampler, SamplePosition, epoch_order
+from stage2_train.model.flavors import FLAVORS
 
 
 @pytest.fixture(scope="module")

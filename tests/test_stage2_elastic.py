@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from test_stage2_helpers import REPO_ROOT, parse_job_config, run_stage2, write_tiny_dataset
 from torch.distributed.device_mesh import init_device_mesh
 from torchtitan.models.flux import FluxModel
 from torchtitan.models.flux.infra.parallelize import apply_fsdp
@@ -23,14 +24,13 @@ from torchtitan.models.flux.infra.parallelize import apply_fsdp
 from shared import contract
 from shared.contract import ContractError
 from shared.heartbeat import Heartbeat, write_heartbeat
+from stage2_train.data.extent import incomplete_dataset_refusal
+from stage2_train.data.ledger import read_ledger
+from stage2_train.data.loader import build_precomputed_dataloader
+from stage2_train.data.sampler import epoch_order
+from stage2_train.infra.parallelize import _blocks, apply_fsdp_schedule
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.preflight import main as preflight_main
-from stage2_train.data import build_precomputed_dataloader
-from stage2_train.dataset_extent import incomplete_dataset_refusal
-from stage2_train.flavors import FLAVORS
-from stage2_train.ledger import read_ledger
-from stage2_train.parallelize import _blocks, apply_fsdp_schedule
-from stage2_train.sampler import epoch_order
-from test_stage2_helpers import REPO_ROOT, parse_job_config, run_stage2, write_tiny_dataset
 
 SAMPLES = 16  # 2 stores x 8
 
@@ -126,7 +126,7 @@ def test_a_process_with_an_open_loader_still_exits(dataset):
     """The loader's workers ignore SIGTERM (an agreed stop must not lose them), and multiprocessing ends
     daemonic children at exit with SIGTERM: an iterator left open must not hang the interpreter's exit."""
     script = (
-        "from stage2_train.data import build_precomputed_dataloader\n"
+        "from stage2_train.data.loader import build_precomputed_dataloader\n"
         "from test_stage2_helpers import parse_job_config\n"
         f"config = parse_job_config('--training.dataset_path', {str(dataset)!r}, '--training.dataloader.num_workers', '2')\n"
         "batches = iter(build_precomputed_dataloader(1, 0, config))\n"

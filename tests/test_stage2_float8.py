@@ -4,11 +4,11 @@ where FP8 cannot run (this CPU) stops with one line saying why instead of traini
 from __future__ import annotations
 
 import torch
+from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, run_stage2, write_tiny_dataset
 from torchtitan.models.flux import FluxModel
 
-from stage2_train.flavors import FLAVORS
-from stage2_train.float8 import is_float8_block_linear
-from test_stage2_helpers import PRODUCTION_CONFIG, parse_job_config, run_stage2, write_tiny_dataset
+from stage2_train.model.flavors import FLAVORS
+from stage2_train.model.float8 import is_float8_block_linear
 
 TOKENWISE_BLOCK_LINEARS = {
     "double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "double_blocks.0.img_mlp.0", "double_blocks.0.img_mlp.2",

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fixtures.synthetic import write_synthetic_dataset
 from shared.contract import Identity
-from shared.synthetic import write_synthetic_dataset
-from stage2_train.flavors import FLAVORS
+from stage2_train.model.flavors import FLAVORS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO_ROOT / "configs" / "flux_tiny.toml"

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from fidelity import CORRUPTIONS, compare_step, comparable_samples
-from shared.assets import write_sample_tars
-from stage1_encode.config import load_config
-from stage1_encode.pipeline import Task, run_task
+from fidelity import CORRUPTIONS, comparable_samples, compare_step
 from test_stage1_pipeline import TINY_CONFIG as ENCODE_TINY_CONFIG
 from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, TORCHRUN, torchrun_env
+
+from fixtures import write_sample_tars
+from stage1_encode.config import load_config
+from stage1_encode.pipeline import Task, run_task
 
 pytest_plugins = ["fixtures_assets"]
 

@@ -22,10 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from stage2_train.ledger import read_ledger
 from slurm_helpers import TERMINAL_STATES
 from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, run_stage2, torchrun_command, torchrun_env, write_tiny_dataset
+
+from stage2_train.data.ledger import read_ledger
 
 STEPS = 36
 SAMPLES = 16  # local batch 2 on 2 ranks: 4 steps an epoch

@@ -12,9 +12,9 @@ from torchtitan.models.flux import FluxModel, flux_args
 from torchtitan.models.flux.model.autoencoder import AutoEncoder
 from torchtitan.models.flux.utils import pack_latents
 
-from stage2_train.flavors import FLAVORS, LATENT_PATCH
-from stage2_train.flops import flux_training_flops_per_sample, image_tokens
-from stage2_train.parallelize import apply_ac, apply_compile
+from stage2_train.infra.parallelize import apply_ac, apply_compile
+from stage2_train.model.flavors import FLAVORS, LATENT_PATCH
+from stage2_train.model.flops import flux_training_flops_per_sample, image_tokens
 from stage2_train.step import drop_prompts, flow_matching_batch, sample_latents, step_seed
 
 TINY = FLAVORS["flux-tiny"]

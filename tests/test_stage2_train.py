@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from stage2_train.ledger import read_ledger
 from test_stage2_helpers import REPO_ROOT, run_stage2, torchrun_command, torchrun_env, write_tiny_dataset
+
+from stage2_train.data.ledger import read_ledger
 
 STEPS = 12
 REPLICATE_2 = ("--parallelism.data_parallel_replicate_degree", "2", "--parallelism.data_parallel_shard_degree", "1")

@@ -21,27 +21,28 @@ import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_stage2_helpers import REPO_ROOT, parse_job_config, run_stage2, tiny_identity, write_tiny_dataset
 from torchtitan.components.loss import build_mse_loss
 from torchtitan.models.flux import FluxModel
 from torchtitan.models.flux.inference.sampling import denoise as torchtitan_denoise
 from torchtitan.models.flux.utils import create_position_encoding_for_latents, pack_latents
 
+from fixtures import write_sample_tars
 from shared import contract
-from shared.assets import write_sample_tars
 from shared.contract import ContractError
-from shared.inspection.grid import grid_size
+from shared.latent_grid import grid_size
 from shared.store import StoreReader
 from stage1_encode import prompts as prompt_cli
 from stage1_encode.config import load_config
 from stage1_encode.pipeline import Task, run_task
-from stage2_train.data import PrecomputedDataset, load_empty_prompt, open_dataset
-from stage2_train.flavors import FLAVORS
-from stage2_train.prompt_set import load_prompt_set
-from stage2_train.sampling import denoise
+from stage2_train.data.dataset import PrecomputedDataset, load_empty_prompt
+from stage2_train.data.loader import open_dataset
+from stage2_train.model.flavors import FLAVORS
 from stage2_train.step import mixed_seed
-from stage2_train.validation_loss import DRAW_STREAM, STRATIFIED_TIMESTEPS, ValidationLoss, rank_batches
-from stage2_train.validator import IMAGE_TAG, check_held_out
-from test_stage2_helpers import REPO_ROOT, parse_job_config, run_stage2, tiny_identity, write_tiny_dataset
+from stage2_train.validation.loss import DRAW_STREAM, STRATIFIED_TIMESTEPS, ValidationLoss, rank_batches
+from stage2_train.validation.prompt_set import load_prompt_set
+from stage2_train.validation.sampling import denoise
+from stage2_train.validation.validator import IMAGE_TAG, check_held_out
 
 pytest_plugins = ["fixtures_assets"]
 

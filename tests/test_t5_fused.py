@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import T5Config, T5EncoderModel
 
-from shared import asset_loading
+from stage1_encode import asset_loading
 from stage1_encode.encode import load_encoders
 from stage1_encode.t5_fused import FusedT5Encoder
 

@@ -10,7 +10,7 @@
 Every run is the trainer's own entry point under torchrun, one process per (variant, batch): Stage 2 with
 ``configs/flux_schnell.toml`` plus command-line overrides, the stock trainer (``bench.stage2.online``)
 with ``bench/stage2/online.toml``. Figures come from the trainers' own metrics records (Stage 2's
-``[metrics] jsonl_file``), FLOPs per sample from ``stage2_train.flops``. Modules: ``variants`` (what
+``[metrics] jsonl_file``), FLOPs per sample from ``stage2_train.model.flops``. Modules: ``variants`` (what
 each variant sets), ``inputs`` (tars, tokenizer, encoder configs, a Stage 1 dataset), ``runs`` (one
 torchrun), ``figures`` (records to figures), ``cli`` (the commands). See ``bench/results/`` for figures.
 

@@ -77,6 +77,7 @@ class Bench:
                  step_time_s=round(s["step_time_s"], 4), measured_steps=s["measured_steps"], **extra)  # fmt: skip
         self.fig(f"{variant.name}.mfu", round(s["mfu_pct"], 2), "%", **extra)
         self.fig(f"{variant.name}.peak_memory_reserved", s["peak_reserved_gib"], "GiB", peak_active_gib=s["peak_active_gib"], **extra)
+        self.fig(f"{variant.name}.peak_memory_allocated", s["peak_allocated_gib"], "GiB", **extra)
         self.fig(f"{variant.name}.data_wait_share", round(s["data_wait_pct"], 3), "%", **extra)
         self.fig(f"{variant.name}.loss_curve", s["losses"], "[step, loss]", **extra)
         return s

@@ -2,7 +2,7 @@
 
 Throughput is the samples of one optimizer step (the local batch times its micro-batches) over the
 logged step time (``time_metrics/end_to_end(s)``, every step logged), for both trainers alike (the stock trainer's ``tps`` counts tokens); MFU uses Stage 2's FLOPs
-per sample (``stage2_train.flops`` through the flavor) and TorchTitan's peak for the device.
+per sample (``stage2_train.model.flops`` through the flavor) and TorchTitan's peak for the device.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from bench import common
 from bench.stage2.runs import Outcome
-from stage2_train.flavors import FLAVORS
+from stage2_train.model.flavors import FLAVORS
 
 BENCHMARK = "stage2_train"
 STEP_TIME = "time_metrics/end_to_end(s)"
@@ -46,6 +46,7 @@ def summarize(
         summary |= {
             "peak_reserved_gib": max(r["memory/max_reserved(GiB)"] for r in steps),
             "peak_active_gib": max(r["memory/max_active(GiB)"] for r in steps),
+            "peak_allocated_gib": max((r.get("memory/max_allocated(GiB)", -1.0) for r in steps)),
             "losses": [[r["step"], r["loss_metrics/global_avg_loss"]] for r in steps],
         }
     if timed:

@@ -9,9 +9,9 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from shared.assets.sample_data import write_sample_tars
-from shared.synthetic import schnell_identity, write_synthetic_dataset
-from stage2_train.flavors import FLAVORS
+from fixtures.sample_data import write_sample_tars
+from fixtures.synthetic import schnell_identity, write_synthetic_dataset
+from stage2_train.model.flavors import FLAVORS
 
 T5_XXL = {
     "architectures": ["T5EncoderModel"], "model_type": "t5", "d_model": 4096, "d_ff": 10240, "d_kv": 64,

@@ -14,7 +14,7 @@ one-GPU benchmark needs, all of it here (nothing in site-packages is edited):
    the way users run it, have them in ``mixed_precision_param`` (bf16), so they are cast to it. The
    transformer is untouched (fp32 master weights under TorchTitan's autocast, as stock).
 4. **Compiled blocks** (variant "online_compiled"): with "model" in ``compile.components`` each Flux
-   block is ``torch.compile``'d (stock compiles only the loss), as ``stage2_train.parallelize`` does.
+   block is ``torch.compile``'d (stock compiles only the loss), as ``stage2_train.infra.parallelize`` does.
 5. **Metrics records** to ``[metrics] jsonl_file`` through Stage 2's ``add_jsonl_logger``.
 6. **CPU.** Without CUDA, Stage 2's device fallback puts TorchTitan on the CPU with gloo (smoke runs).
 """
@@ -34,10 +34,10 @@ from torchtitan.models.flux.model.args import FluxModelArgs
 from torchtitan.models.flux.model.hf_embedder import FluxEmbedder
 from torchtitan.tools.logging import logger
 
-from stage2_train.flavors import FLAVORS
+from stage2_train.infra.parallelize import apply_compile
 from stage2_train.launch import run_trainer
-from stage2_train.metrics import add_jsonl_logger
-from stage2_train.parallelize import apply_compile
+from stage2_train.model.flavors import FLAVORS
+from stage2_train.monitor.metrics import add_jsonl_logger
 
 _stock_parallelize_flux = flux.parallelize_flux
 _stock_train_spec = flux.get_train_spec

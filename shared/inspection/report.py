@@ -7,7 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
 from shared.contract import Identity
-from shared.inspection.summary import Finding, Summary, TaskStatus
+from shared.progress import Finding, Summary, TaskStatus
 from shared.units import count, duration, rate, size
 
 if TYPE_CHECKING:  # importing these would load torch and zarr, which a summary never needs

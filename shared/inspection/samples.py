@@ -14,7 +14,7 @@ import zarr
 
 from shared import contract, torch_storage
 from shared.contract import Identity
-from shared.inspection.summary import ATTR_READ_THREADS, read_committed
+from shared.progress import ATTR_READ_THREADS, read_committed
 from shared.store import StoreReader
 
 Location = tuple[Path, int]

@@ -11,8 +11,8 @@ import zarr
 
 from shared import contract, pairing
 from shared.contract import ContractError, Identity
-from shared.inspection.summary import Finding
 from shared.pairing import TextDataset
+from shared.progress import Finding
 
 TEXT_DATASET = "text dataset"
 """Where findings about the pairing as a whole are reported."""

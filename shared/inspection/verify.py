@@ -22,8 +22,8 @@ import torch
 
 from shared import contract, torch_storage
 from shared.contract import Identity
-from shared.inspection.summary import Finding, Summary, summarise
 from shared.inspection.text_half import pairing_findings
+from shared.progress import Finding, Summary, summarise
 from shared.store import verify_store
 
 MEAN_TOLERANCE = 0.5

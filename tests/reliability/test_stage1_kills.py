@@ -12,12 +12,24 @@ import time
 from pathlib import Path
 
 import pytest
-
-from shared import contract, heartbeat
-from shared.assets import write_sample_tars
-from rel_stage1 import (OVERRIDES, PER_SHARD, SHARDS, check_committed_whole, check_equals_reference, decode_workers,
-                        freeze, kill_group, make_reference, run, temporary_stage, writer_processes)
+from rel_stage1 import (
+    OVERRIDES,
+    PER_SHARD,
+    SHARDS,
+    check_committed_whole,
+    check_equals_reference,
+    decode_workers,
+    freeze,
+    kill_group,
+    make_reference,
+    run,
+    temporary_stage,
+    writer_processes,
+)
 from test_stage1_pipeline import TINY_CONFIG, verified_stores
+
+from fixtures import write_sample_tars
+from shared import contract, heartbeat
 
 pytest_plugins = ["fixtures_assets"]
 

@@ -18,8 +18,8 @@ pytest_plugins = ["fixtures_assets"]
 
 REPO = Path(__file__).resolve().parents[2]
 # Pretend there is room for the downloads, so the token is sent rather than a disk check failing first.
-_ASSETS_CLI = ("import sys; from shared.assets import cc12m, fetch; cc12m.free_bytes = fetch.free_bytes = lambda p: 1 << 50; "
-               "from shared.assets.__main__ import main; sys.exit(main(sys.argv[1:]))")
+_ASSETS_CLI = ("import sys; from downloads import cc12m, fetch; cc12m.free_bytes = fetch.free_bytes = lambda p: 1 << 50; "
+               "from downloads.__main__ import main; sys.exit(main(sys.argv[1:]))")
 
 
 def _token_handling_runs(out: Path, assets: Path) -> dict[str, list[str]]:

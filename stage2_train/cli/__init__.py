@@ -1,0 +1,1 @@
+"""The command line: which arguments ``python -m stage2_train`` takes, and its --help."""

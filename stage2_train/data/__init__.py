@@ -1,0 +1,1 @@
+"""From a Stage 1 dataset to batches: samples, pairing, the elastic sample order, the checkpointed loader."""

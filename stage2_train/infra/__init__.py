@@ -1,0 +1,1 @@
+"""How training is distributed and kept alive: parallelize (HSDP, AC, compile), device, agreed stop, accumulation."""

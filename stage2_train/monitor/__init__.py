@@ -1,0 +1,1 @@
+"""What a run reports: metrics per step, the log filter, wandb mode."""
