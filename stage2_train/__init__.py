@@ -16,7 +16,8 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
     infra/       parallelize (AC, per-block compile, FSDP2/HSDP) · device (CPU without CUDA) ·
                  stop_request (agreed stop on a signal) · accumulation (micro-batches per step) ·
                  liveness (per-rank heartbeat, exit record) · failure_budget (who ended a start; requeue
-                 or stop: budget, a repeated failure, no progress)
+                 or stop: budget, a repeated failure, no progress) · slurm_job (scontrol's view of the job;
+                 preflight's time-limit row)
     data/        dataset (samples, collate, empty prompt) · paired (ladder datasets) · sampler (global,
                  elastic order) · elastic_loader (its checkpointed state, pinned stores) · loader (opening
                  a dataset, building the loader) · extent (refusing an unfinished dataset) ·

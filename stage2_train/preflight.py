@@ -33,7 +33,7 @@ from stage2_train.data.extent import incomplete_dataset_refusal
 from stage2_train.data.identity_check import identity_differences
 from stage2_train.infra.accumulation import global_batch_refusal
 from stage2_train.model.flavors import FLAVORS
-from stage2_train.slurm_start import time_limit_row
+from stage2_train.infra.slurm_job import time_limit_row
 
 TRAIN_BYTES_PER_PARAM = 16
 """Training state in memory: fp32 weights, gradients and AdamW's two moments."""

@@ -4,65 +4,35 @@ one line on how the start ended and what happens next.
     python -m stage2_train.slurm_start begin --job.config_file FILE [--section.key value …]   (prints the dump folder)
     python -m stage2_train.slurm_start end DUMP_FOLDER SRUN_STATUS STOP_FILE                 (exit status of the job)
 
-``begin`` runs at every start, also the ones Slurm requeues by itself after a lost node (the batch
+``begin`` prints Stage 2's preflight table first (one process, one torch import per start) and runs at
+every start, also the ones Slurm requeues by itself after a lost node (the batch
 shell of the lost start never ran ``end``): it counts the job's failures from the history, so the
 budget holds either way, and refuses to train past it. ``end`` decides from the stop file, the ranks'
 liveness files and Slurm's view of the job: a cancelled job stays cancelled (Slurm would requeue it);
 a stop with progress requeues; a time-limit stop without progress ends the job; a failure requeues
-within the budget. The requeued job waits Slurm's own hold (about two minutes) before it starts again:
-on a real cluster that gives the lost or failed node time to be drained, and only an operator may move
-a job's start earlier, so ``end`` does not shorten it.
+within the budget. The requeued job waits Slurm's own hold (about two minutes) before it starts again,
+which lets the nodes' epilogs finish and a failed node be drained first; ``end`` could not shorten it
+anyway (``scontrol update StartTime=now`` is refused until the job is PENDING, and it stays COMPLETING
+while this batch shell runs), only something outside the job could.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from preflight.table import OK, WARN, Row
 from stage2_train import history
 from stage2_train.infra import failure_budget, liveness
+from stage2_train.infra.slurm_job import epoch, job_fields, seconds_of
 from stage2_train.history import Start
 from stage2_train.job_config import Stage2
 
-DEFAULT_LEAD_S = 300
-"""``#SBATCH --signal=B:USR1@300`` in slurm/train.sbatch (Slurm does not show a job's --signal)."""
-
-
 def say(text: str) -> None:
     print(f"flux-train: {text}", file=sys.stderr, flush=True)
-
-
-def job_fields(job_id: str) -> dict[str, str]:
-    """``scontrol -o show job``'s Key=Value pairs (none when Slurm cannot be asked)."""
-    try:
-        command = ["scontrol", "-o", "show", "job", job_id]
-        out = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return dict(part.split("=", 1) for part in out.split() if "=" in part)
-
-
-def seconds_of(limit: str) -> float | None:
-    """Slurm's ``[D-]HH:MM:SS`` (``UNLIMITED``: None)."""
-    days, _, clock = limit.rpartition("-")
-    try:
-        parts = [int(p) for p in clock.split(":")]
-    except ValueError:
-        return None
-    while len(parts) < 3:
-        parts.insert(0, 0)
-    return int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
-
-
-def _epoch(stamp: str) -> float | None:
-    try:
-        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return None
 
 
 def _this_start(environ: os._Environ | dict[str, str]) -> tuple[str, int]:
@@ -70,10 +40,26 @@ def _this_start(environ: os._Environ | dict[str, str]) -> tuple[str, int]:
 
 
 def begin(args: list[str], environ: os._Environ | dict[str, str] = os.environ) -> int:
-    from torchtitan.config import ConfigManager
+    """Stage 2's preflight table (to stderr), then count the job's failures (a start cut off without its
+    end counts), refuse past the budget, else append this start's line and print the dump folder.
+    0: train; 1: preflight FAIL or refused; 2: a bad argument or setting. One process for both: each
+    start pays torch's import once (tens of seconds on a loaded node)."""
+    from torchtitan.config import ConfigManager  # only here: ``end`` runs without torch, in a second
 
+    from stage2_train import preflight
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the dump folder to the batch shell
+        try:
+            status = preflight.main(args)
+        except SystemExit as exc:  # an argument the trainer would refuse (argparse's own message)
+            status = exc.code if isinstance(exc.code, int) else 2
+    if status:
+        return status
     config = ConfigManager().parse_args(args)
     dump, budget = Path(config.job.dump_folder), config.stage2.max_failures
+    if budget < 0 or config.stage2.liveness_interval_seconds <= 0:
+        say("error: [stage2] max_failures must be >= 0 and liveness_interval_seconds > 0")
+        return 2
     job, start = _this_start(environ)
     starts = history.read(dump)
     for cut in [s for s in starts if s.ended == "running"]:
@@ -97,6 +83,8 @@ def begin(args: list[str], environ: os._Environ | dict[str, str] = os.environ) -
 
 
 def end(dump: Path, srun_status: int, stop_file: Path, environ: os._Environ | dict[str, str] = os.environ) -> int:
+    """Record how this start ended, say it in one line with what happens next, requeue when it should;
+    the job's exit status."""
     job, start = _this_start(environ)
     starts = history.read(dump)
     this = next((s for s in reversed(starts) if (s.job, s.start) == (job, start)), None)
@@ -107,7 +95,7 @@ def end(dump: Path, srun_status: int, stop_file: Path, environ: os._Environ | di
     fields = job_fields(job)
     training = [b for b in beats.values() if b.training_since is not None]
     if training:  # start-up: from Slurm's start of this run (preflight included) to the first step boundary
-        this.startup_s = max(b.training_since for b in training) - (_epoch(fields.get("StartTime", "")) or this.began)
+        this.startup_s = max(b.training_since for b in training) - (epoch(fields.get("StartTime", "")) or this.began)
         this.first_step = min(b.resumed_at for b in training) + 1
         this.last_step = max(b.step for b in training)
     requeue, status = decide(this, history.of_job(starts, job), fields, beats, exits, srun_status, stop_file)
@@ -128,7 +116,7 @@ def decide(this: Start, starts: list[Start], fields: dict[str, str], beats: dict
     if stopped.exists():
         step, resumed_at = (int(v) for v in stopped.read_text().split())
         signal_name, _, sent = stop_file.read_text().strip().partition(" ")
-        if signal_name == "USR1" and sent and (end_time := _epoch(fields.get("EndTime", ""))) is not None:
+        if signal_name == "USR1" and sent and (end_time := epoch(fields.get("EndTime", ""))) is not None:
             this.signal_lead_s = end_time - float(sent)
         if signal_name == "USR1" and step <= resumed_at:
             this.ended = "no-progress"
@@ -147,23 +135,6 @@ def decide(this: Start, starts: list[Start], fields: dict[str, str], beats: dict
     requeue, move = failure_budget.next_move(starts, this.max_failures)
     this.detail = f"start {this.start} failed: {failure.line()}; next: {move}"
     return requeue, 0 if requeue else 1
-
-
-def time_limit_row(dump: Path, environ: os._Environ | dict[str, str] = os.environ) -> Row | None:
-    """Preflight: does ``--time`` leave a start a few minutes of training after start-up and before the
-    time-limit signal? Start-up and signal lead as the last start measured them, when there was one."""
-    job = environ.get("SLURM_JOB_ID")
-    limit = seconds_of(job_fields(job).get("TimeLimit", "UNLIMITED")) if job else None
-    if limit is None:
-        return None
-    starts = history.read(dump)
-    startup = next((s.startup_s for s in reversed(starts) if s.startup_s is not None), 0.0)
-    # A SIGUSR1 sent by hand (scancel --signal=USR1 --batch) measures no lead: keep plausible ones only.
-    leads = [s.signal_lead_s for s in starts if s.signal_lead_s is not None and s.signal_lead_s < limit / 2]
-    lead = leads[-1] if leads else None
-    enough, text = failure_budget.room_after_startup(limit, lead if lead is not None else DEFAULT_LEAD_S, startup)
-    source = "as the last start measured" if lead is not None else "the script's default lead assumed"
-    return Row("time limit", OK if enough else WARN, f"{text} ({source})")
 
 
 def main(argv: list[str]) -> int:

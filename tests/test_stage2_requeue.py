@@ -70,7 +70,7 @@ def _submit(slurm_cluster, dataset: Path, dump: Path, log: Path, steps: int, nod
     )
 
 
-def _wait_for_step(ledger: Path, step: int, slurm_cluster, job_id: str, timeout: float = 180) -> None:
+def _wait_for_step(ledger: Path, step: int, slurm_cluster, job_id: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while max((r["step"] for r in _records(ledger)), default=0) < step:
         state = slurm_cluster.job_state(job_id)
@@ -99,7 +99,7 @@ def test_time_limit_signal_checkpoints_requeues_and_matches_uninterrupted_losses
         assert len(found) == restart + 1, text[-6000:]
         stops.append(found[-1])
         slurm_cluster.requeue_now(job.job_id)
-    result = slurm_cluster.wait(job.job_id, timeout=240)
+    result = slurm_cluster.wait(job.job_id, timeout=360)
     text = log.read_text()
     assert result.returncode == 0, text[-6000:]
 
@@ -125,7 +125,7 @@ def test_resize_2_to_1_to_2_nodes_keeps_the_epoch_whole(slurm_cluster, dataset, 
     dump = tmp_path / "run"
     for part, (nodes, steps) in enumerate([(2, 2), (1, 4), (2, 6)]):
         log = tmp_path / f"part-{part}.out"
-        job = slurm_cluster.wait(_submit(slurm_cluster, dataset, dump, log, steps, nodes).job_id, timeout=240)
+        job = slurm_cluster.wait(_submit(slurm_cluster, dataset, dump, log, steps, nodes).job_id, timeout=360)
         assert job.returncode == 0, log.read_text()[-6000:]
     text = log.read_text()
     assert "sample order: layout changed from 1 data-parallel rank(s) x 2 (global batch 2) to " \
@@ -178,7 +178,7 @@ def _beat_pid(dump: Path, rank: int) -> int:
     return json.loads((dump / "liveness" / f"rank_{rank}.json").read_text())["pid"]
 
 
-def _wait_for_records(ledger: Path, count: int, slurm_cluster, job_id: str, timeout: float = 240) -> None:
+def _wait_for_records(ledger: Path, count: int, slurm_cluster, job_id: str, timeout: float = 300) -> None:
     """Until the ledger holds ``count`` steps (a resumed start appends the steps it trains again)."""
     deadline = time.monotonic() + timeout
     while len(_records(ledger)) < count:
@@ -224,7 +224,7 @@ def test_a_frozen_and_a_killed_rank_requeue_the_job_which_resumes_with_the_unint
         slurm_cluster.requeue_now(job.job_id)
         _wait_for_records(ledger, len(_records(ledger)) + 1, slurm_cluster, job.job_id)
         assert f"Training starts at step {newest_checkpoint + 1}" in log.read_text()
-    result = slurm_cluster.wait(job.job_id, timeout=240)
+    result = slurm_cluster.wait(job.job_id, timeout=360)
     assert result.returncode == 0, log.read_text()[-6000:]
 
     for rank in range(2):

@@ -74,6 +74,8 @@ class Liveness:
     """This rank's heartbeat (a daemon thread) and exit record."""
 
     def __init__(self, dump_folder: str | os.PathLike, rank: int, interval: float, timeout: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"[stage2] liveness_interval_seconds must be > 0, not {interval}")
         self.folder = Path(dump_folder) / FOLDER
         self.folder.mkdir(parents=True, exist_ok=True)
         self.log = Path(dump_folder) / "logs" / start_label() / f"rank_{rank}.log"
