@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 
@@ -52,3 +54,17 @@ def emit(
     out.write(json.dumps(record) + "\n")
     out.flush()
     return record
+
+
+def run_in_workdir(benchmark: str, keep: Path | None, prefix: str, run: Callable[[Path], dict]) -> int:
+    """``run(workdir)`` in ``keep`` or a temporary folder (removed after), then emit its figures:
+    ``{"values": [(figure, value, unit), …], "context": {…}}``."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        figures = run(work)
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for figure, value, unit in figures["values"]:
+        emit(benchmark, figure, value, unit, **figures["context"])
+    return 0

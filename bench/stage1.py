@@ -30,9 +30,7 @@ import functools
 import io
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,7 +39,7 @@ import numpy as np
 import torch
 import zarr
 
-from bench.common import emit
+from bench.common import run_in_workdir
 from fixtures import write_sample_tars, write_tiny_assets
 from fixtures.tiny import AE_DIMS, CLIP_DIMS, T5_DIMS
 from shared import (
@@ -203,15 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(("encoders.compile", "off"))
     config = load_config(args.config or (REPO / "configs/encode_tiny.toml" if on_cpu else None), overrides)
 
-    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-stage1-"))
-    try:
-        figures = run_benchmark(config, models, samples, args.samples_per_tar, args.ceiling_batches, work)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-    for figure, value, unit in figures["values"]:
-        emit(BENCH, figure, value, unit, **figures["context"])
-    return 0
+    return run_in_workdir(BENCH, args.keep, "bench-stage1-",
+                          lambda work: run_benchmark(config, models, samples, args.samples_per_tar, args.ceiling_batches, work))  # fmt: skip
 
 
 def run_benchmark(

@@ -32,16 +32,14 @@ import functools
 import io
 import itertools
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from bench.common import emit
+from bench.common import run_in_workdir
 from bench.stage1 import REPO, build_encoders, dataset_encoder, encoders_ceiling, write_tars
 from fixtures import write_sample_tars, write_tiny_assets
 from shared import contract
@@ -81,15 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(("encoders.compile", "off"))
     config = load_config(args.config or (REPO / "configs/encode_tiny.toml" if on_cpu else None), overrides)
     samples = args.samples or (24 if on_cpu else 5000)
-    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-ladder-"))
-    try:
-        figures = run_benchmark(config, "tiny" if on_cpu else "real", samples, args.samples_per_tar, args.ceiling_batches, work)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-    for figure, value, unit in figures["values"]:
-        emit(BENCH, figure, value, unit, **figures["context"])
-    return 0
+    models = "tiny" if on_cpu else "real"
+    return run_in_workdir(BENCH, args.keep, "bench-ladder-",
+                          lambda work: run_benchmark(config, models, samples, args.samples_per_tar, args.ceiling_batches, work))  # fmt: skip
 
 
 def run_benchmark(
