@@ -8,8 +8,9 @@ one line on how the start ended and what happens next.
 every start, also the ones Slurm requeues by itself after a lost node (the batch
 shell of the lost start never ran ``end``): it counts the job's failures from the history, so the
 budget holds either way, and refuses to train past it. ``end`` decides from the stop file, the ranks'
-liveness files and Slurm's view of the job: a cancelled job stays cancelled (Slurm would requeue it);
-a stop with progress requeues; a time-limit stop without progress ends the job; a failure requeues
+liveness files and Slurm's view of the job: a cancelled job stays cancelled (Slurm would requeue it, and while the
+batch shell runs it shows the job COMPLETING, not CANCELLED: so a SIGTERM stop is never requeued here;
+Slurm requeues a preempted job itself); a time-limit stop with progress requeues; a time-limit stop without progress ends the job; a failure requeues
 within the budget. The requeued job waits Slurm's own hold (about two minutes) before it starts again,
 which lets the nodes' epilogs finish and a failed node be drained first; ``end`` could not shorten it
 anyway (``scontrol update StartTime=now`` is refused until the job is PENDING, and it stays COMPLETING
@@ -124,6 +125,10 @@ def decide(this: Start, starts: list[Start], fields: dict[str, str], beats: dict
                 step, this.signal_lead_s, seconds_of(fields.get("TimeLimit", "")), this.startup_s)
             return False, 1
         this.ended = "stopped"
+        if signal_name == "TERM":  # scancel or preemption: Slurm decides (it requeues a preempted job itself)
+            this.detail = (f"stopped at step {step} (SIGTERM: scancel or preemption), checkpoint saved; not "
+                           f"requeueing (a cancelled job stays cancelled)")
+            return False, 0
         this.detail = (f"stopped at step {step} (SIG{signal_name}), checkpoint saved; requeueing job {this.job} "
                        f"to resume at step {step + 1}")
         return True, 0

@@ -80,15 +80,18 @@ def test_no_progress_line_and_the_room_a_start_gets():
 
 
 def test_a_cancelled_job_is_not_requeued_even_after_an_agreed_stop(tmp_path):
-    """scancel's SIGTERM lets the ranks stop and checkpoint like a preemption; Slurm would then accept
-    ``scontrol requeue`` of the CANCELLED job, so the launcher must look at the job's state first."""
+    """scancel's SIGTERM lets the ranks stop and checkpoint; Slurm would then accept ``scontrol requeue``
+    of the CANCELLED job, so the launcher never requeues after SIGTERM (nor a job shown CANCELLED)."""
     stop_file = tmp_path / "job.stop"
-    stop_file.write_text("TERM 1000\n")
     (tmp_path / "job.stop.stopped").write_text("17 10\n")
     start = Start("7", 1, 0.0, "n[1-2]", 3)
+    stop_file.write_text("USR1 1000\n")
     assert decide(start, [start], {"JobState": "RUNNING"}, {}, {}, 0, stop_file) == (True, 0)
     assert decide(start, [start], {"JobState": "CANCELLED"}, {}, {}, 0, stop_file) == (False, 0)
     assert (start.ended, start.detail) == ("cancelled", "job 7 was cancelled: it stays cancelled (resubmit to resume)")
+    stop_file.write_text("TERM 1000\n")  # scancel as the batch shell sees it: the job still COMPLETING
+    assert decide(start, [start], {"JobState": "COMPLETING"}, {}, {}, 0, stop_file) == (False, 0)
+    assert start.detail.endswith("not requeueing (a cancelled job stays cancelled)")
 
 
 def test_history_command_prints_every_start_and_refuses_a_folder_without_one(tmp_path):
