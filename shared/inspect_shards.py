@@ -15,8 +15,10 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared import contract, heartbeat
 from shared.contract import ContractError, Identity
 from shared.inspection import report
 from shared.progress import STALE_AFTER_S, Summary, summarise
@@ -52,6 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    starting = starting_line(Path(args.dataset))
+    if starting:
+        print(starting)
+        return 0
     try:
         summary = summarise(args.dataset, stale_after_s=args.stale_after)
         text = _text_half(args.dataset, summary)
@@ -59,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         samples = _samples(args)
         grid = _grid(args, samples) if args.grid else None
     except ContractError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        just_submitted = "" if (Path(args.dataset) / contract.DATASET_FILE).exists() else (
+            " (if Stage 1 was submitted moments ago: its tasks have not started yet; squeue shows them)"
+        )
+        print(f"error: {exc}{just_submitted}", file=sys.stderr)
         return 2
     if args.json:
         out = _as_json(summary, verification, samples, grid)
@@ -68,6 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         print(_as_text(summary, verification, samples, grid, text))
     failed = (verification is not None and not verification.ok) or (args.key is not None and not samples)
     return 1 if failed else 0
+
+
+def starting_line(dataset: Path) -> str | None:
+    """Before a dataset has its identity (``dataset.json``, written once the encoders have loaded),
+    what its Stage 1 tasks' first heartbeats say; ``None`` once it has one, or when no task reported."""
+    if (dataset / contract.DATASET_FILE).exists():
+        return None
+    tasks = heartbeat.read_heartbeats(dataset)
+    if not tasks:
+        return None
+    return (
+        f"STARTING: Stage 1 is starting: {len(tasks):,} of {tasks[0].num_tasks:,} task(s) reported, loading "
+        f"their encoders; no store yet (dataset.json is written once the encoders have loaded)"
+    )
 
 
 def _text_half(dataset: str, summary: Summary) -> TextHalf | None:

@@ -20,6 +20,8 @@ from shared.contract import StoreAttrs
 from shared.heartbeat import Heartbeat
 
 STALE_AFTER_S = 600.0
+LIVE_STATES = ("starting", "running")
+"""A task loading its encoders (``starting``) or encoding."""
 """A ``running`` heartbeat older than this is stale (task killed, node dead). Heartbeats come every
 few seconds, but loading T5-XXL from a parallel filesystem at start can take minutes."""
 
@@ -41,7 +43,8 @@ class TaskStatus:
 
     index: int
     state: str
-    """``done``, ``running``, ``stale`` (running, but silent for too long) or ``failed``."""
+    """``starting`` (loading encoders), ``running``, ``done``, ``stale`` (starting or running, but silent for
+    too long) or ``failed``."""
     heartbeat_age_s: float
     sources: int
     remaining: int
@@ -114,7 +117,7 @@ class Summary:
 
     @property
     def live_tasks(self) -> list[TaskStatus]:
-        return [t for t in self.tasks if t.state == "running"]
+        return [t for t in self.tasks if t.state in LIVE_STATES]
 
     @property
     def tasks_unreported(self) -> int:
@@ -140,7 +143,7 @@ def summarise(dataset: str | os.PathLike, now: float | None = None, stale_after_
     samples = sum(a.num_samples for a in attrs.values())
     per_store = samples / len(attrs) if attrs else None
     tasks = [_task_status(t, set(attrs), now, stale_after_s, per_store) for t in heartbeats]
-    live = [t for t in tasks if t.state == "running"]
+    live = [t for t in tasks if t.state in LIVE_STATES]
     counts = sorted(a.num_samples for a in attrs.values())
     summary = Summary(
         dataset=str(dataset),
@@ -220,7 +223,7 @@ def _task_status(
     task: Heartbeat, committed: set[str], now: float, stale_after_s: float, samples_per_store: float | None
 ) -> TaskStatus:
     age = now - task.updated_at
-    state = "stale" if task.state == "running" and age > stale_after_s else task.state
+    state = "stale" if task.state in LIVE_STATES and age > stale_after_s else task.state
     remaining = len(set(task.sources) - committed)
     return TaskStatus(
         index=task.task_index,

@@ -1,6 +1,6 @@
 """Encode CC12M-format WebDataset tars into a Stage 1 dataset (one task of an array job, or all of it).
 
-    python -m stage1_encode --input DIR_OR_GLOB_OR_URL --output DATASET --assets ASSETS \
+    python -m stage1_encode --input DIR_OR_GLOB_OR_URL --output DATASET --assets ASSETS \\
         [--config configs/encode_cc12m.toml] [--section.key value …] [--task-index I --num-tasks N]
         [--text-from TEXT_DATASET]
 
@@ -8,7 +8,9 @@ Task I of N encodes tars I, I+N, I+2N, … of the sorted input; a rerun skips co
 source tar is unchanged and encodes again those whose tar changed (size and a hash of both ends).
 
 Exit status: 0 done; 1 an error (named on stderr); 3 done, but a source tar broke off (each is named
-with where it was cut; its store keeps the whole samples before the cut); 143 terminated (rerun).
+with where it was cut; its store keeps the whole samples before the cut); 4 done, but the task kept
+under half of the samples it read (the skip reasons and the fix are named; its stores are committed);
+143 terminated (rerun).
 --text-from (the resolution ladder, e.g. with --image.size 512): encode the images only and pair each
 sample by key with TEXT_DATASET's T5/CLIP encodings of the same tars; T5 and CLIP are not loaded.
 """
@@ -20,6 +22,9 @@ import signal
 import sys
 from pathlib import Path
 
+from transformers.utils.logging import disable_progress_bar
+
+from shared.kept_share import few_kept
 from stage1_encode.asset_loading import AssetsError
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
 from stage1_encode.errors import Stage1Error
@@ -27,6 +32,7 @@ from stage1_encode.pipeline import Task, run_task
 from stage1_encode.sources import SourcesError
 
 DAMAGED_SOURCES_EXIT = 3
+FEW_KEPT_EXIT = 4
 
 
 class Terminated(BaseException):
@@ -68,6 +74,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, EncodeConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     args, config = parse_args(sys.argv[1:] if argv is None else argv)
+    disable_progress_bar()  # a task log has our progress lines; tqdm bars (sharded T5-XXL) are noise in it
 
     def terminate(signum: int, _frame: object) -> None:
         raise Terminated(f"terminated by signal {signum}")
@@ -85,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         print(f"stage1_encode: {exc}; the store being written was discarded, rerun to resume", file=sys.stderr)
         return 143
+    few = few_kept(result.samples, result.skipped, config.image.size)
+    if few:
+        print(f"stage1_encode: {few}; exit status {FEW_KEPT_EXIT}", file=sys.stderr)
+        return FEW_KEPT_EXIT
     if result.damaged_sources and not args.allow_damaged_sources:
         print(
             f"stage1_encode: {len(result.damaged_sources)} damaged source(s), named above; exit status 3 "

@@ -48,8 +48,24 @@ def build_identity(
         ae_params=ae_params,
         storage_dtype=config.storage.dtype,
         encoders=hashes,
-        preprocessing={**image_policy(config).describe(), **CAPTION_POLICY, "encoder_compute": compute},
+        preprocessing=preprocessing(config, compute),
         code_version=CODE_VERSION,
+    )
+
+
+def preprocessing(config: EncodeConfig, compute: dict[str, object]) -> dict[str, object]:
+    """How samples become stored numbers, as an identity records it."""
+    return {**image_policy(config).describe(), **CAPTION_POLICY, "encoder_compute": compute}
+
+
+def same_settings(config: EncodeConfig, compute: dict[str, object], identity: Identity) -> bool:
+    """Whether ``identity`` records this config's settings, as far as they are known without loading a
+    weight (a rerun with other settings then loads the encoders, and ``register_dataset`` refuses it)."""
+    return (
+        identity.image_size == config.image.size
+        and identity.storage_dtype == config.storage.dtype
+        and identity.preprocessing == preprocessing(config, compute)
+        and (not identity.stores_text or identity.t5_max_length == config.text.t5_max_length)
     )
 
 

@@ -87,6 +87,10 @@ class Progress:
             slurm_job=slurm_job(),
         )
 
+    def starting(self) -> None:
+        """The first heartbeat, before the encoders load (minutes for T5-XXL)."""
+        self._write_heartbeat(time.time(), "starting", 0.0, "loading the encoders")
+
     def already_done(self, store: str, attrs: StoreAttrs | None) -> None:
         self._already_done.add(store)
         self._note_damage(store, attrs)

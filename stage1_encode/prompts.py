@@ -1,7 +1,7 @@
 """Encode a prompt set: a text file of prompts -> their T5 and CLIP encodings, plus the empty prompt's, so
 Stage 2 can draw sample images while it trains without loading the text encoders.
 
-    python -m stage1_encode.prompts --prompts FILE --output DIR --assets ASSETS \
+    python -m stage1_encode.prompts --prompts FILE --output DIR --assets ASSETS \\
         [--config configs/encode_cc12m.toml] [--section.key value …]
 
 One prompt per line, stripped; blank lines are skipped. Tokenizers, encoders, config and identity are

@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import PIL
@@ -38,32 +38,45 @@ from stage1_encode.text_from import TextRows
 from stage1_encode.writer import WriterProcess
 
 
+def nothing_to_encode(dataset: Path, tars: list[TarSource], stores_text: bool) -> bool:
+    """Whether every tar has its committed store, made from this version of the tar, and the dataset
+    its identity (and empty prompt): a rerun's idle task, which then loads no encoder and no tokenizer."""
+    if not (dataset / contract.DATASET_FILE).is_file():
+        return False
+    if stores_text and not (dataset / contract.EMPTY_PROMPT_STORE).is_dir():
+        return False
+    stores_dir = contract.shards_dir(dataset)
+    return all(
+        (store := stores_dir / contract.store_name(tar.name)).exists()
+        and not _source_changed(_committed_attrs(store), tar.fingerprint().to_dict())
+        for tar in tars
+    )
+
+
 def encode_tars(
     config: EncodeConfig,
     dataset: Path,
     task: tuple[int, int],
     tars: list[TarSource],
-    workers: Workers,
-    encoder: BatchEncoder,
-    identity: Identity,
+    workers: Workers | None,
+    encoder: BatchEncoder | None,
+    identity: Identity | None,
     started: float,
-    out: TextIO,
+    progress: Progress,
     text: TextDataset | None = None,
 ) -> TaskResult:
     """Encode ``tars`` (those of array task ``task`` = (index, count)) into stores of ``dataset``;
-    tars whose store is committed already are counted, not encoded again. With ``text`` (``--text-from``)
-    only the images are encoded, each sample paired with its row in ``text``."""
+    tars whose store is committed already are counted, not encoded again (``None`` workers, encoder and
+    identity: ``nothing_to_encode`` said so). With ``text`` (``--text-from``) only the images are encoded,
+    each sample paired with its row in ``text``."""
     stores_dir = contract.shards_dir(dataset)
     stores_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(
-        dataset, *task, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
-    )
     fingerprints = {t.name: t.fingerprint().to_dict() for t in tars}
     todo = []
     for tar in tars:
         store = stores_dir / contract.store_name(tar.name)
         attrs = _committed_attrs(store)
-        if attrs is not None and attrs.source_fingerprint and attrs.source_fingerprint != fingerprints[tar.name]:
+        if _source_changed(attrs, fingerprints[tar.name]):
             progress.source_changed(store.name)
             todo.append(tar)
         elif store.exists():
@@ -209,6 +222,11 @@ def _committed_attrs(store: Path) -> contract.StoreAttrs | None:
         return contract.read_store_attrs(store)
     except (OSError, ValueError, contract.ContractError):
         return None
+
+
+def _source_changed(attrs: contract.StoreAttrs | None, fingerprint: dict[str, Any]) -> bool:
+    """A committed store made from another version of its tar (one that recorded no fingerprint: no)."""
+    return attrs is not None and bool(attrs.source_fingerprint) and attrs.source_fingerprint != fingerprint
 
 
 def _written_by(task: tuple[int, int], encoder: BatchEncoder) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at the top, a room per concern.
 
-    __main__ / launch    ``python -m stage2_train`` under torchrun (CPU/gloo without CUDA)
+    __main__ / launch    ``python -m stage2_train`` under torchrun (CPU/gloo without CUDA; one process without)
+    torchrun             ``python -m stage2_train.torchrun``: torchrun ending a failure with its summary only
     train_spec           the TrainSpec: model, parallelize, data loader, metrics, validator
     trainer              FluxTrainer minus its encoders
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
@@ -11,6 +12,7 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
                          on how it ended and what happens next (requeue or stop)
     history              <dump_folder>/history.jsonl, ``python -m stage2_train.history DUMP_FOLDER``
     preflight            ``python -m stage2_train.preflight``: GPUs, network, dataset and checkpoint space
+    refusals             requests a run cannot carry out, one line each: preflight and the trainer ask them
 
     model/       flavors (shapes) · flops (training FLOPs per sample) · float8 (the FP8 converter)
     infra/       parallelize (AC, per-block compile, FSDP2/HSDP) · device (CPU without CUDA) ·
@@ -24,7 +26,7 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
                  identity_check · ledger (per-step record of samples and loss)
     validation/  validator · loss (held-out loss, stratified timesteps) · prompt_set / sampling / images
                  (stored prompt encodings -> denoise -> AE decoder -> PNG grid)
-    monitor/     metrics (samples/s, MFU, data wait, memory) · log_filter (one line per step, each
-                 warning once) · wandb_mode
+    monitor/     metrics (samples/s, MFU, data wait, memory) · rank_log (every rank's peak memory and
+                 step time, <dump>/ranks/) · log_filter (one line per step, each warning once) · wandb_mode
     cli/         arguments (what the command takes) · help (its --help)
 """

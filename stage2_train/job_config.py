@@ -1,7 +1,7 @@
 """Config sections Stage 2 adds to TorchTitan's (``[job] custom_config_module = "stage2_train.job_config"``).
 
-``[training]``, ``[encoder]`` and ``[validation]`` keep the names of TorchTitan's Flux config, so a seed
-user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed dataset has, and
+``[training]``, ``[encoder]`` and ``[validation]`` keep the names of TorchTitan's Flux config, so a
+TorchTitan Flux user's TOML keys mean the same here; ``[stage2]`` holds what only a precomputed dataset has, and
 ``[validation] prompts_path, image_freq, seed`` what only stored prompt encodings need. Everything else
 (``[training] dataset_path, local_batch_size, steps``, ``[training.dataloader]``, ``[validation] enable,
 freq, steps, local_batch_size, dataset_path``, ``[validation.dataloader]``, ``[parallelism]``,
@@ -70,7 +70,7 @@ class Stage2:
     a message naming the store; ``skip`` leaves it out of its batch with a warning."""
     sample_ledger: bool = False
     """Append each micro-batch's sample indices and local loss to ``<dump_folder>/ledger/rank_<r>.jsonl``
-    (answers "what did step N train on"; used by the resume test)."""
+    (answers "what did step N train on?" after the run)."""
     allow_incomplete_dataset: bool = False
     """Start a new run on a dataset Stage 1 has not finished (tasks still running, or stores missing
     against its input list), training on the stores committed now. Off: such a start is refused with

@@ -34,6 +34,7 @@ from stage2_train.data.identity_check import identity_differences
 from stage2_train.infra.accumulation import global_batch_refusal
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.infra.slurm_job import time_limit_row
+from stage2_train.refusals import committed_samples, config_file_refusal, dataset_size_refusal, job_refusals
 
 TRAIN_BYTES_PER_PARAM = 16
 """Training state in memory: fp32 weights, gradients and AdamW's two moments."""
@@ -67,6 +68,9 @@ def train_rows(
     """A Stage 2 job: GPUs for its parallel degrees, the network between nodes, its dataset, room for
     checkpoints. ``args`` are TorchTitan's (``--job.config_file FILE --section.key value …``)."""
     rows = system.version_rows()
+    config_refusal = config_file_refusal(_config_file(args))
+    if config_refusal:
+        return [*rows, Row("config", FAIL, config_refusal)]
     try:
         job = ConfigManager().parse_args(args)  # an unknown key exits 2 with TorchTitan's own message
     except (OSError, ValueError) as e:
@@ -88,12 +92,22 @@ def train_rows(
         system.socket_ifname_row(environ, cluster, system.interfaces()),
         system.rendezvous_row(environ, cluster, resolve),
     ]
+    rows += [Row("request", FAIL, line) for line in job_refusals(job)]
+    dp_degree = data_parallel_degree(degrees, cluster)
     if job.training.global_batch_size >= 0:  # gradient accumulation asked for
-        rows.append(global_batch_row(job, degrees, cluster))
+        rows.append(global_batch_row(job, dp_degree))
     if not job.training.dataset_path:
         rows.append(Row("dataset", FAIL, "no dataset: give --training.dataset_path DIR"))
     else:
-        rows.append(train_identity_row(Path(job.training.dataset_path), job, flavor))
+        dataset = Path(job.training.dataset_path)
+        rows.append(train_identity_row(dataset, job, flavor))
+        if rows[-1].status == OK:  # one micro-batch on every rank, as the sampler needs (at least one rank)
+            batch = job.training.local_batch_size * (dp_degree or 1)
+            samples = committed_samples(dataset)
+            refusal = dataset_size_refusal(dataset, samples, batch)
+            rows.append(Row("dataset size", FAIL, refusal) if refusal else Row(
+                "dataset size", OK, f"{samples:,} samples fill a global batch of {batch:,}"
+            ))
         refusal = incomplete_dataset_refusal(job)  # a resume trains on its pinned stores: never refused
         rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)
@@ -107,17 +121,21 @@ def train_rows(
     return rows
 
 
-def global_batch_row(job_config: JobConfig, degrees: Mapping[str, int], cluster: system.Cluster) -> Row:
-    """``training.global_batch_size`` against the local batch and the data-parallel degree (replicate x
-    shard; an automatic shard degree from the allocation's GPUs, as TorchTitan resolves it)."""
-    training = job_config.training
+def data_parallel_degree(degrees: Mapping[str, int], cluster: system.Cluster) -> int | None:
+    """Replicate x shard, with an automatic shard degree from the allocation's GPUs as TorchTitan resolves
+    it; ``None`` when only the job itself will know (no GPUs seen here)."""
     shard = degrees["shard"]
     if shard == -1:
         world = cluster.nodes * (cluster.allocated_gpus or cluster.visible_gpus)
         shard = world // (degrees["replicate"] * degrees["tp"] * degrees["cp"] * degrees["pp"])
-    if shard < 1:
+    return degrees["replicate"] * shard if shard >= 1 else None
+
+
+def global_batch_row(job_config: JobConfig, dp_degree: int | None) -> Row:
+    """``training.global_batch_size`` against the local batch and the data-parallel degree."""
+    training = job_config.training
+    if dp_degree is None:
         return Row("global batch", OK, f"{training.global_batch_size}: checked against the data-parallel degree at start")
-    dp_degree = degrees["replicate"] * shard
     refusal = global_batch_refusal(training.global_batch_size, training.local_batch_size, dp_degree)
     if refusal:
         return Row("global batch", FAIL, refusal)
@@ -128,6 +146,15 @@ def global_batch_row(job_config: JobConfig, degrees: Mapping[str, int], cluster:
         f"{training.global_batch_size} = {micro_batches} micro-batch(es) x {dp_degree} data-parallel rank(s) x "
         f"{training.local_batch_size} per optimizer step",
     )
+
+
+def _config_file(args: list[str]) -> str:
+    """The value of ``--job.config_file`` (``main`` made sure it is given)."""
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name == "--job.config_file":
+            return value or (args[i + 1] if i + 1 < len(args) else "")
+    return ""
 
 
 def model_parameters(flavor: FluxModelArgs) -> int:

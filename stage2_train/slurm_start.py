@@ -130,7 +130,8 @@ def decide(this: Start, starts: list[Start], fields: dict[str, str], beats: dict
                            f"requeueing (a cancelled job stays cancelled)")
             return False, 0
         this.detail = (f"stopped at step {step} (SIG{signal_name}), checkpoint saved; requeueing job {this.job} "
-                       f"to resume at step {step + 1}")
+                       f"to resume at step {step + 1} (Slurm holds a requeued job PENDING for about 2 minutes "
+                       f"before it starts again)")
         return True, 0
     if srun_status == 0:
         this.ended, this.detail = "completed", f"finished at step {this.last_step}"

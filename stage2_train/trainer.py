@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -29,12 +30,19 @@ from stage2_train.data.dataset import load_empty_prompt
 from stage2_train.data.ledger import SampleLedger
 from stage2_train.infra.accumulation import MicroBatchCounter, check_global_batch
 from stage2_train.infra.liveness import Liveness
-from stage2_train.infra.stop_request import StopRequest, checkpoint_now
+from stage2_train.infra.stop_request import StopRequest, checkpoint_now, wait_for_pending_save
+from stage2_train.monitor import log_filter
+from stage2_train.refusals import Refusal, job_refusals
 from stage2_train.step import flow_matching_batch, step_generator
 
 
 class PrecomputedFluxTrainer(FluxTrainer):
     def __init__(self, job_config: JobConfig) -> None:
+        rank = int(os.environ.get("RANK", "0"))
+        log_filter.keep_full_log(Path(job_config.job.dump_folder) / "logs" / f"rank_{rank}.log")
+        refusals = job_refusals(job_config)  # before anything is built (every rank refuses alike)
+        if refusals:
+            raise Refusal("; ".join(refusals))
         Trainer.__init__(self, job_config)  # not FluxTrainer.__init__: it would load the encoders
         # As FluxTrainer: distinct seeds across data-parallel ranks.
         dist_utils.set_determinism(
@@ -51,7 +59,7 @@ class PrecomputedFluxTrainer(FluxTrainer):
             name: tensor.to(self.device) for name, tensor in load_empty_prompt(dataset.root, dataset.identity).items()
         }
         self.ledger = (
-            SampleLedger(os.path.join(job_config.job.dump_folder, "ledger"), torch.distributed.get_rank())
+            SampleLedger(os.path.join(job_config.job.dump_folder, "ledger"), rank)
             if job_config.stage2.sample_ledger
             else None
         )
@@ -94,7 +102,9 @@ class PrecomputedFluxTrainer(FluxTrainer):
         elif not self.job_config.checkpoint.enable:
             logger.warning(f"stopping at step {self.step}: {reason}; checkpointing is off, a rerun starts over")
         else:
-            if self.step != self.resumed_at and self.step % self.job_config.checkpoint.interval != 0:
+            if self.step == self.resumed_at or self.step % self.job_config.checkpoint.interval == 0:
+                wait_for_pending_save(self.checkpointer)  # this step's interval save may still be writing
+            else:
                 checkpoint_now(self.checkpointer, self.step)
             logger.info(f"stopping at step {self.step}: {reason}; checkpoint step-{self.step} saved, "
                         f"a resumed run starts at step {self.step + 1}")

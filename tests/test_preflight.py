@@ -235,7 +235,8 @@ def test_train_stage(tmp_path, capsys, monkeypatch):
     assert train_main(tiny) == 0
     rows = table(capsys.readouterr().out)
     assert list(rows) == ["python", "torch", "torchtitan", "config", "GPUs", "GLOO_SOCKET_IFNAME", "rendezvous", "dataset",
-                          "dataset extent", "output"]
+                          "dataset size", "dataset extent", "output"]
+    assert rows["dataset size"] == (OK, "24 samples fill a global batch of 4")  # shard auto: at least one rank
     assert rows["dataset extent"] == (OK, "may start")
     assert rows["GPUs"] == (OK, "no CUDA device is visible: CPU/gloo run of flux-tiny (257 k parameters) for shard auto")
     assert rows["dataset"][1].startswith(f"{dataset}: identity {contract.read_identity(dataset).digest()} fits flux-tiny")

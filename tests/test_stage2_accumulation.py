@@ -28,7 +28,7 @@ from stage2_train.data.ledger import SampleLedger, read_ledger
 from stage2_train.data.loader import open_dataset, precomputed_dataset
 from stage2_train.infra.accumulation import MicroBatchCounter
 from stage2_train.model.flavors import FLAVORS
-from stage2_train.preflight import global_batch_row
+from stage2_train.preflight import data_parallel_degree, global_batch_row
 from stage2_train.step import FlowMatchingBatch, flow_matching_batch, step_generator, step_seed
 from stage2_train.trainer import PrecomputedFluxTrainer
 
@@ -128,7 +128,8 @@ def test_preflight_checks_the_global_batch_against_the_data_parallel_degree():
     def row(global_batch: int, shard: int = 2, gpus: int = 0):
         config = parse_job_config("--training.local_batch_size", "4", "--training.global_batch_size", str(global_batch))
         degrees = {"replicate": 2, "shard": shard, "tp": 1, "cp": 1, "pp": 1}
-        result = global_batch_row(config, degrees, Cluster(nodes=2, allocated_gpus=gpus or None, visible_gpus=gpus))
+        cluster = Cluster(nodes=2, allocated_gpus=gpus or None, visible_gpus=gpus)
+        result = global_batch_row(config, data_parallel_degree(degrees, cluster))
         assert result.check == "global batch"
         return result.status, result.detail
 
@@ -147,7 +148,7 @@ def test_trainer_refuses_a_global_batch_it_cannot_split_before_training(tmp_path
     result = run_stage2(1, dataset, tmp_path / "out", "--training.global_batch_size", "6", "--training.steps", "1")
     assert result.returncode != 0
     assert (
-        "ValueError: training.global_batch_size 6 must be -1 (no gradient accumulation) or a positive multiple of "
+        "stage2_train: error: training.global_batch_size 6 must be -1 (no gradient accumulation) or a positive multiple of "
         "training.local_batch_size 4 x 1 data-parallel rank(s) = 4" in result.stderr
     )
     assert "AssertionError" not in result.stderr and "step:" not in result.stdout + result.stderr

@@ -88,11 +88,11 @@ class Figures:
     """JSON lines to stdout and appended to ``out``: each with the run's context (device, torch,
     torchao, commit, date, model) so a results file stands on its own."""
 
-    def __init__(self, out: Path | None, device: str, context: dict[str, Any]) -> None:
-        self.out, self.device, self.context = out, device, context
+    def __init__(self, out: Path | None, device: str, context: dict[str, Any], benchmark: str = BENCHMARK) -> None:
+        self.out, self.device, self.context, self.benchmark = out, device, context, benchmark
 
     def __call__(self, figure: str, value: Any, unit: str, **extra: Any) -> None:
-        record = common.emit(BENCHMARK, figure, value, unit, device=self.device, **self.context, **extra)
+        record = common.emit(self.benchmark, figure, value, unit, device=self.device, **self.context, **extra)
         if self.out:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             with open(self.out, "a") as f:

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
 from shared.contract import Identity
+from shared.kept_share import few_kept
 from shared.progress import Finding, Summary, TaskStatus
 from shared.units import count, duration, rate, size
 
@@ -28,7 +29,7 @@ TASK_ORDER = {"failed": 0, "stale": 1, "running": 2, "done": 3}
 
 CROP_NOTE = (
     "(the crop is fixed per sample at encode time: every epoch trains the same crop of an image, "
-    "where the seed's online trainer draws a new random one)"
+    "where TorchTitan's online Flux trainer draws a new random one)"
 )
 
 # --------------------------------------------------------------------------- summary
@@ -39,6 +40,9 @@ def headline(s: Summary) -> str:
     stores = f"{s.stores_committed:,}/{s.stores_expected:,}" if s.stores_expected is not None else f"{s.stores_committed:,}"
     verdict = f"{s.verdict}{_damaged_headline(s)} ·" if s.damaged else f"{s.verdict}:"
     parts = [f"{verdict} {stores} stores, {count(s.samples)} samples"]
+    few = few_kept(s.samples, s.skipped, s.identity.get("image_size", 0))
+    if few:
+        parts.append(few)
     if s.problems:
         parts.append(f"{_plural(len({f.where for f in s.problems}), 'store')} must not be used")
     if s.live_tasks:

@@ -56,7 +56,7 @@ def field_docs(cls: type) -> dict[str, str]:
             isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
             and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
         ):
-            docs[node.target.id] = " ".join(str(following.value.value).split())
+            docs[node.target.id] = " ".join(str(following.value.value).replace("``", "").split())  # no reST markup
     return docs
 
 

@@ -22,6 +22,7 @@ from torchtitan.tools.logging import logger
 from stage2_train.data.dataset import Batch, PrecomputedDataset
 from stage2_train.data.sampler import EpochBatchSampler, SamplePosition
 from stage2_train.infra.stop_request import ignore_sigterm
+from stage2_train.refusals import Refusal
 
 STATE_KEY = "sample_order"
 
@@ -72,7 +73,7 @@ class ElasticDataloader(ParallelAwareDataloader):
         state = json.loads(state_dict[STATE_KEY])
         digest = self.dataset.identity.digest()
         if state["seed"] != self.batch_sampler.seed or state["identity"] != digest:
-            raise ValueError(
+            raise Refusal(
                 f"the checkpointed sample order is for stage2.seed {state['seed']} on a dataset with identity "
                 f"{state['identity']}; this run has seed {self.batch_sampler.seed} and identity {digest}. Resume with "
                 "the same seed and dataset, or start a fresh order with --checkpoint.exclude_from_loading dataloader"

@@ -24,6 +24,7 @@ from stage2_train.data.identity_check import check_identity
 from stage2_train.data.paired import PairedDataset
 from stage2_train.data.sampler import EpochBatchSampler
 from stage2_train.model.flavors import FLAVORS
+from stage2_train.refusals import Refusal, dataset_size_refusal, refuse
 
 
 def precomputed_dataset(root: str | Path, identity: Identity, on_corrupt: str) -> PrecomputedDataset:
@@ -36,7 +37,7 @@ def precomputed_dataset(root: str | Path, identity: Identity, on_corrupt: str) -
 def open_dataset(job_config: JobConfig) -> tuple[Path, Identity]:
     """The dataset this job trains on, after checking that it fits the flavor and config."""
     if not job_config.training.dataset_path:
-        raise ValueError("set --training.dataset_path to a Stage 1 dataset directory")
+        raise Refusal("set --training.dataset_path to a Stage 1 dataset directory")
     root = Path(job_config.training.dataset_path)
     identity = contract.read_identity(root)
     check_identity(identity, FLAVORS[job_config.model.flavor], job_config, str(root))
@@ -51,6 +52,7 @@ def build_precomputed_dataloader(
     root, identity = open_dataset(job_config)
     check_dataset_extent(job_config)
     dataset = precomputed_dataset(root, identity, job_config.stage2.on_corrupt)
+    refuse(dataset_size_refusal(root, len(dataset), job_config.training.local_batch_size * dp_world_size))
     sampler = EpochBatchSampler(
         len(dataset), job_config.training.local_batch_size, dp_rank, dp_world_size, job_config.stage2.seed
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 from torchtitan.config import JobConfig
 from torchtitan.distributed import ParallelDims
 
+from stage2_train.refusals import Refusal
+
 
 def global_batch_refusal(global_batch_size: int, local_batch_size: int, dp_degree: int) -> str | None:
     """Why ``global_batch_size`` cannot be trained with this local batch and data-parallel degree, or
@@ -30,12 +32,12 @@ def global_batch_refusal(global_batch_size: int, local_batch_size: int, dp_degre
 
 
 def check_global_batch(job_config: JobConfig, parallel_dims: ParallelDims) -> None:
-    """Raise ``ValueError`` with ``global_batch_refusal``'s line (the trainer, once its degrees are known)."""
+    """Raise ``Refusal`` with ``global_batch_refusal``'s line (the trainer, once its degrees are known)."""
     dp_degree = parallel_dims.dp_replicate * parallel_dims.dp_shard if parallel_dims.dp_enabled else 1
     training = job_config.training
     refusal = global_batch_refusal(training.global_batch_size, training.local_batch_size, dp_degree)
     if refusal:
-        raise ValueError(refusal)
+        raise Refusal(refusal)
 
 
 class MicroBatchCounter:

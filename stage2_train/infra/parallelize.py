@@ -29,6 +29,7 @@ from torchtitan.models.flux.infra.parallelize import apply_fsdp
 from torchtitan.tools.logging import logger
 
 from stage2_train.job_config import Stage2
+from stage2_train.refusals import Refusal
 
 
 def _blocks(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -48,7 +49,7 @@ def checkpoint_every(ac: ActivationCheckpoint) -> int | None:
         return 1
     if ac.mode == "selective" and ac.selective_ac_option.isdigit() and int(ac.selective_ac_option) > 0:
         return int(ac.selective_ac_option)
-    raise ValueError(
+    raise Refusal(
         f"activation_checkpoint mode={ac.mode!r} selective_ac_option={ac.selective_ac_option!r} is not offered: "
         "use mode none, full (every block) or selective with an integer n (every n-th block)"
     )
@@ -114,7 +115,7 @@ def parallelize_precomputed_flux(model: nn.Module, parallel_dims: ParallelDims, 
     """TorchTitan's ``parallelize_fn``: AC, then per-block compile, then FSDP2/HSDP (TorchTitan's order)."""
     unsupported = {"tensor": parallel_dims.tp, "pipeline": parallel_dims.pp, "context": parallel_dims.cp}
     if any(degree > 1 for degree in unsupported.values()):
-        raise ValueError(f"Stage 2 trains with data parallelism only; got degrees {unsupported}")
+        raise Refusal(f"Stage 2 trains with data parallelism only; got degrees {unsupported}")
     apply_ac(model, job_config.activation_checkpoint)
     if job_config.compile.enable and "model" in job_config.compile.components:
         apply_compile(model, job_config.compile)

@@ -5,9 +5,10 @@ Slurm warns a job before its time limit (``--signal=B:USR1@…``) and sends SIGT
 (``stage2.stop_file``) with the signal's name; SIGTERM that reaches a training process directly is
 noted too. A rank may see the request a step before another does, so at every step boundary all
 ranks all-reduce (max) what they saw — on a CPU group, so the GPU never waits for the host — and
-stop together: each saves its part of the checkpoint of that step, the ranks that can see the stop
-file write ``<stop_file>.stopped`` holding the step (and the step they resumed at), and the batch shell
-requeues the job unless the start trained nothing (``slurm_start``).
+stop together: each saves its part of the checkpoint of that step (after any asynchronous interval
+save still writing has finished), the ranks that can see the stop file write ``<stop_file>.stopped``
+holding the step (and the step they resumed at), and the batch shell requeues the job unless the
+start trained nothing (``slurm_start``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ import atexit
 import multiprocessing
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+from torchtitan.components.checkpoint import AsyncMode, CheckpointManager
 
 from shared.atomic import atomic_write
-
-if TYPE_CHECKING:
-    from torchtitan.components.checkpoint import CheckpointManager
 
 REASONS = {1: "time limit (SIGUSR1)", 2: "preemption or scancel (SIGTERM)"}
 """Stop codes, larger wins when ranks disagree; a stop file holding neither signal name reads as 1."""
@@ -84,14 +82,24 @@ class StopRequest:
         atomic_write(done, f"{step} {resumed_at}\n")
 
 
+def wait_for_pending_save(checkpointer: CheckpointManager) -> None:
+    """Block until an asynchronous save in flight (``[checkpoint] async_mode``) is on disk. The process
+    exits hard after a stop (``launch.py``): a save still writing in the background would be cut off,
+    leaving its step without ``.metadata`` while the batch shell reports it saved."""
+    checkpointer._async_wait()
+    checkpointer.save_future = None  # TorchTitan keeps the pinned-memory mode's finished future
+
+
 def checkpoint_now(checkpointer: CheckpointManager, step: int) -> None:
-    """A full checkpoint of ``step`` even off the interval (collective). ``CheckpointManager.save`` saves
-    full state only on interval steps (its last-step save may be weights only), and any step is a
-    multiple of itself; an async save is waited for, since the process exits next."""
-    interval = checkpointer.interval
-    checkpointer.interval = step
+    """A full checkpoint of ``step``, complete on disk when this returns (collective). A pending
+    asynchronous save finishes first; this one is synchronous whatever ``async_mode`` says (an async
+    save that is waited for at once only adds staging copies). ``CheckpointManager.save`` saves full
+    state only on interval steps (its last-step save may be weights only), and any step is a multiple
+    of itself."""
+    wait_for_pending_save(checkpointer)
+    interval, mode = checkpointer.interval, checkpointer.async_mode
+    checkpointer.interval, checkpointer.async_mode = step, AsyncMode.DISABLED
     try:
         checkpointer.save(step)
     finally:
-        checkpointer.interval = interval
-    checkpointer._async_wait()
+        checkpointer.interval, checkpointer.async_mode = interval, mode

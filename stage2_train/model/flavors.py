@@ -52,7 +52,8 @@ FLAVORS: dict[str, PrecomputedFluxArgs] = {
     "flux-dev": _precomputed(flux_args["flux-dev"]),
     # Benchmark size: 8 double + 16 single blocks (5.0 B parameters), fits one GPU with FSDP.
     "flux-schnell-8x16": _precomputed(flux_args["flux-schnell"], depth=8, depth_single_blocks=16),
-    # 4 double + 8 single blocks (2.5 B): what an H100 80 GB trains with room for activations (calibration).
+    # 4 double + 8 single blocks (2.5 B): what an H100 80 GB trains with room for activations (calibration);
+    # fp32 + AdamW ~30 GB, the checkpoint benchmark's size (twice the 8 + 16-block one does not fit 64 GiB of disk).
     "flux-schnell-4x8": _precomputed(flux_args["flux-schnell"], depth=4, depth_single_blocks=8),
     # Matches the tiny test encoders (T5 width 32, CLIP width 32, a 16-channel AE with 8x downsampling).
     "flux-tiny": PrecomputedFluxArgs(

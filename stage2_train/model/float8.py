@@ -66,17 +66,26 @@ class FluxFloat8Converter(Float8LinearConverter):
         self.filter_fn = partial(is_float8_block_linear, filter_fqns=list(job_config.quantize.linear.float8.filter_fqns))
 
 
-def _refuse_unless_runnable(job_config: JobConfig) -> None:
+def float8_problem(job_config: JobConfig) -> str | None:
+    """Why FP8 training cannot run here, in one line with the fix, or ``None`` when it can."""
     hint = f'remove "{CONVERTER_NAME}" from [model] converters to train in bf16'
     problem = float8_device_problem()
     if problem is not None:
-        raise ValueError(f"float8 training needs an NVIDIA GPU of compute capability >= 8.9, but {problem}: {hint}")
+        return f"float8 training needs an NVIDIA GPU of compute capability >= 8.9, but {problem}: {hint}"
     if job_config.quantize.linear.float8.emulate:
-        raise ValueError(f"float8 emulation is not offered (it is a test mode of TorchTitan's): {hint}")
+        return f"float8 emulation is not offered (it is a test mode of TorchTitan's): {hint}"
     try:
         import torchao.float8  # noqa: F401
     except ImportError as exc:
-        raise ValueError(f"float8 training needs torchao (pip install 'flux-encode-once[fp8]'): {exc}") from exc
+        return f"float8 training needs torchao (pip install 'flux-encode-once[fp8]'): {exc}"
+    return None
+
+
+def _refuse_unless_runnable(job_config: JobConfig) -> None:
+    """The trainer refused already (``refusals.float8_refusal``); this guards any other user of the converter."""
+    problem = float8_problem(job_config)
+    if problem:
+        raise ValueError(problem)
 
 
 register_model_converter(FluxFloat8Converter, CONVERTER_NAME)

@@ -3,7 +3,8 @@
 The data loader's labels are sample indices, so TorchTitan's token counters count samples: its
 ``tps`` is samples/s per GPU, and with the flavors' FLOPs per sample its ``tflops`` and ``mfu`` are
 real. It already records the share of step time spent waiting for data
-(``time_metrics/data_loading(%)``) and peak memory; this adds samples/s under its own name, one
+(``time_metrics/data_loading(%)``) and peak memory; this adds samples/s under its own name, the peak
+allocated memory, every rank's own peaks and step time (``rank_log``), one
 stdout line per step with TorchTitan's figures and the ones a Stage 2 run is judged by, images (sample grids)
 for TensorBoard and wandb, and, with ``[metrics] jsonl_file``, every record as a JSON line for scripts.
 """
@@ -30,8 +31,14 @@ from torchtitan.distributed import ParallelDims
 from torchtitan.protocols import BaseModelArgs
 from torchtitan.tools.logging import logger
 
+from stage2_train.monitor.rank_log import RankLog
+
 
 class SampleMetricsProcessor(MetricsProcessor):
+    def __init__(self, job_config: JobConfig, parallel_dims: ParallelDims, tag: str | None = None) -> None:
+        super().__init__(job_config, parallel_dims, tag)
+        self.rank_log = RankLog(job_config.job.dump_folder, torch.distributed.get_rank())
+
     def log(
         self,
         step: int,
@@ -44,14 +51,19 @@ class SampleMetricsProcessor(MetricsProcessor):
         samples_per_second = self.ntokens_since_last_log / elapsed
         data_wait = sum(self.data_loading_times) / elapsed
         mfu = 100 * self.num_flops_per_token * samples_per_second / self.gpu_peak_flops
-        memory = self.device_memory_monitor.get_peak_stats()  # before super() resets the peaks
+        # Before super() resets the peaks: this rank's record, and the allocated peak the planner predicts
+        # (reserved adds the allocator's cache).
+        mine = self.rank_log.append(step, elapsed / self.job_config.metrics.log_freq)
         extra = {**(extra_metrics or {}), "throughput/samples_per_second_per_gpu": samples_per_second}
-        if torch.cuda.is_available():  # what the planner predicts (reserved adds the allocator's cache)
-            extra["memory/max_allocated(GiB)"] = torch.cuda.max_memory_allocated() / 2**30
+        if mine["peak_allocated_gib"] is not None:
+            extra["memory/max_allocated(GiB)"] = mine["peak_allocated_gib"]
+            memory = f"{mine['peak_allocated_gib']:5.2f}GiB allocated, {mine['peak_reserved_gib']:5.2f}GiB reserved"
+        else:
+            memory = f"{mine['peak_host_rss_gib']:5.2f}GiB host peak"
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
         logger.info(  # TorchTitan's own step line is filtered out (``log_filter``): this one has its figures
             f"step: {step:2}  loss: {global_avg_loss:8.5f}  grad_norm: {grad_norm:7.4f}  "
-            f"memory: {memory.max_reserved_gib:5.2f}GiB  samples/s/GPU: {samples_per_second:.2f}  MFU: {mfu:.2f}%  "
+            f"memory: {memory}  samples/s/GPU: {samples_per_second:.2f}  MFU: {mfu:.2f}%  "
             f"data wait: {100 * data_wait:.1f}% of step time"
         )
 
