@@ -100,6 +100,9 @@ class Stage2:
     fsdp_reshard_after_forward: bool = True
     """Free each block's gathered parameters after its forward (re-gather for backward): less memory,
     one more all-gather per block. False keeps them until backward (ZeRO-2-like)."""
+    gpu_memory_gib: float = 0.0
+    """GPU memory preflight checks the step's planned peak against where it sees no GPU (a login
+    node): GiB per GPU. 0: that of the GPU preflight runs on, none there: not checked. Training ignores it."""
 
 
 @dataclass

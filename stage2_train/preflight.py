@@ -11,6 +11,7 @@ checkpoints) beside the rows every stage shares (``preflight``).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -34,6 +35,7 @@ from stage2_train.data.identity_check import identity_differences
 from stage2_train.infra.accumulation import global_batch_refusal
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.infra.slurm_job import time_limit_row
+from stage2_train.plan_check import memory_refusal
 from stage2_train.refusals import committed_samples, config_file_refusal, dataset_size_refusal, job_refusals
 
 TRAIN_BYTES_PER_PARAM = 16
@@ -96,6 +98,7 @@ def train_rows(
     dp_degree = data_parallel_degree(degrees, cluster)
     if job.training.global_batch_size >= 0:  # gradient accumulation asked for
         rows.append(global_batch_row(job, dp_degree))
+    rows.append(gpu_memory_row(job, degrees, cluster))
     if not job.training.dataset_path:
         rows.append(Row("dataset", FAIL, "no dataset: give --training.dataset_path DIR"))
     else:
@@ -124,10 +127,7 @@ def train_rows(
 def data_parallel_degree(degrees: Mapping[str, int], cluster: system.Cluster) -> int | None:
     """Replicate x shard, with an automatic shard degree from the allocation's GPUs as TorchTitan resolves
     it; ``None`` when only the job itself will know (no GPUs seen here)."""
-    shard = degrees["shard"]
-    if shard == -1:
-        world = cluster.nodes * (cluster.allocated_gpus or cluster.visible_gpus)
-        shard = world // (degrees["replicate"] * degrees["tp"] * degrees["cp"] * degrees["pp"])
+    shard = resolved_shard(degrees, cluster)
     return degrees["replicate"] * shard if shard >= 1 else None
 
 
@@ -155,6 +155,34 @@ def _config_file(args: list[str]) -> str:
         if name == "--job.config_file":
             return value or (args[i + 1] if i + 1 < len(args) else "")
     return ""
+
+
+def resolved_shard(degrees: Mapping[str, int], cluster: system.Cluster) -> int:
+    """The shard degree; an automatic one (-1) from the allocation's GPUs, as TorchTitan resolves it."""
+    if degrees["shard"] != -1:
+        return degrees["shard"]
+    world = cluster.nodes * (cluster.allocated_gpus or cluster.visible_gpus)
+    return world // (degrees["replicate"] * degrees["tp"] * degrees["cp"] * degrees["pp"])
+
+
+def gpu_memory_row(job_config: JobConfig, degrees: Mapping[str, int], cluster: system.Cluster) -> Row:
+    """The planner's peak per GPU for this config against the GPU's memory (``plan_check``): the real
+    GPU's when there is one, else ``--stage2.gpu_memory_gib``; neither: not checked."""
+    gib = job_config.stage2.gpu_memory_gib
+    if not gib and torch.cuda.is_available():
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if not gib:
+        return Row("GPU memory", OK, "not checked: no GPU here (--stage2.gpu_memory_gib GiB checks it)")
+    shard = resolved_shard(degrees, cluster)
+    if shard < 1:
+        return Row("GPU memory", OK, "not checked: the shard degree is decided at start (give it to check)")
+    job_config = copy.deepcopy(job_config)
+    job_config.parallelism.data_parallel_shard_degree = shard
+    try:
+        refusal, checked = memory_refusal(job_config, gib)
+    except ValueError as e:  # a setting the planner cannot build (parallelize refuses it in one line)
+        return Row("GPU memory", FAIL, str(e))
+    return Row("GPU memory", FAIL, refusal) if refusal else Row("GPU memory", OK, checked)
 
 
 def model_parameters(flavor: FluxModelArgs) -> int:

@@ -234,9 +234,10 @@ def test_train_stage(tmp_path, capsys, monkeypatch):
             "--job.dump_folder", str(tmp_path / "dump")]
     assert train_main(tiny) == 0
     rows = table(capsys.readouterr().out)
-    assert list(rows) == ["python", "torch", "torchtitan", "config", "GPUs", "GLOO_SOCKET_IFNAME", "rendezvous", "dataset",
-                          "dataset size", "dataset extent", "output"]
+    assert list(rows) == ["python", "torch", "torchtitan", "config", "GPUs", "GLOO_SOCKET_IFNAME", "rendezvous", "GPU memory",
+                          "dataset", "dataset size", "dataset extent", "output"]
     assert rows["dataset size"] == (OK, "24 samples fill a global batch of 4")  # shard auto: at least one rank
+    assert rows["GPU memory"] == (OK, "not checked: no GPU here (--stage2.gpu_memory_gib GiB checks it)")  # tests/test_plan.py checks it
     assert rows["dataset extent"] == (OK, "may start")
     assert rows["GPUs"] == (OK, "no CUDA device is visible: CPU/gloo run of flux-tiny (257 k parameters) for shard auto")
     assert rows["dataset"][1].startswith(f"{dataset}: identity {contract.read_identity(dataset).digest()} fits flux-tiny")
