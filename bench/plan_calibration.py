@@ -25,8 +25,8 @@ import torch
 
 from stage2_train.infra.device import use_cpu_if_no_cuda
 from stage2_train.model.flavors import FLAVORS
-from stage2_train.plan import PROBE_BATCHES, fake_world, fitted, measure_mode
-from stage2_train.plan_sizing import GIB, PeakEnvelope, usable_bytes
+from stage2_train.plan.probe import PROBE_BATCHES, fake_world, fitted, measure_mode
+from stage2_train.plan.sizing import GIB, PeakEnvelope, usable_bytes
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "flux_schnell.toml"
 AC = {"none": ("none", ""), "full": ("full", ""), "every-other": ("selective", "2")}

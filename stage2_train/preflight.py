@@ -35,7 +35,7 @@ from stage2_train.data.identity_check import identity_differences
 from stage2_train.infra.accumulation import global_batch_refusal
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.infra.slurm_job import time_limit_row
-from stage2_train.plan_check import memory_refusal
+from stage2_train.plan.check import memory_refusal
 from stage2_train.refusals import committed_samples, config_file_refusal, dataset_size_refusal, job_refusals
 
 TRAIN_BYTES_PER_PARAM = 16

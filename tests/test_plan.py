@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, parse_job_config
 
 from preflight.system import Cluster
 from preflight.table import FAIL, OK, Row
-from stage2_train.plan_check import fits_of_plan, recorded_fits
-from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, parse_job_config
+from stage2_train.plan.check import fits_of_plan, recorded_fits
 
 GIB = 2**30
 
@@ -47,7 +47,7 @@ def distinct_bytes(tensors: list[torch.Tensor]) -> int:
 def real_step(rank: int, world: int, replicate: int, init_file: str, out: str) -> None:
     """Two real training steps on gloo; rank 0 writes its state bytes by kind."""
     from stage2_train.infra.device import use_cpu_if_no_cuda
-    from stage2_train.plan_step import build, train_step
+    from stage2_train.plan.step import build, train_step
 
     use_cpu_if_no_cuda()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -99,7 +99,7 @@ def test_state_bytes_per_rank_equal_a_real_run(tmp_path, replicate, shard):
     assert pick["batch"] > 4
     assert pick["confirmed"]["peak_gib"] * GIB == pytest.approx(predicted, rel=0.02)
     assert pick["confirmed"]["peak_gib"] * GIB <= gpu["usable_bytes"] * 1.02
-    # Preflight's recorded fit for this config (plan_fits.json) is the full plan's.
+    # Preflight's recorded fit for this config (stage2_train/plan/fits.json) is the full plan's.
     fits = fits_of_plan(parse_job_config(*degrees(replicate, shard)), plan)
     assert fits and {k: recorded_fits().get(k) for k in fits} == fits
 

@@ -1,7 +1,7 @@
 """Does a Stage 2 config fit its GPUs? The planner's answer in a second, for preflight.
 
 A plan's per-mode fit (peak bytes per rank as a function of the batch: ``plan_sizing.PeakEnvelope``'s
-lines) is kept in ``plan_fits.json`` beside this file, keyed by what shapes a rank's
+lines) is kept in ``fits.json`` beside this file, keyed by what shapes a rank's
 memory: flavor, image size, T5 length, shard degree, AC mode, FSDP2 schedule and dtypes. The replicate
 degree is not in the key: HSDP's all-reduce runs in place on the reduce-scatter output, so a rank's
 memory does not depend on the number of nodes (the committed 2 x 8 and 8 x 8 plans agree; a test).
@@ -20,9 +20,9 @@ import torch
 from torchtitan.config import JobConfig
 
 from stage2_train.infra.device import use_cpu_if_no_cuda
-from stage2_train.plan_sizing import GIB, PeakEnvelope, usable_bytes
+from stage2_train.plan.sizing import GIB, PeakEnvelope, usable_bytes
 
-FITS = Path(__file__).with_name("plan_fits.json")
+FITS = Path(__file__).with_name("fits.json")
 FALLBACK_MODE = "full"
 """The mode named when the config's own mode fits no batch: the least activation memory."""
 
@@ -44,7 +44,7 @@ def recorded_fits(path: Path = FITS) -> dict[str, list[list[float]]]:
 
 def fits_of_plan(job: JobConfig, plan: dict[str, Any]) -> dict[str, list[list[float]]]:
     """A plan's fits under their keys (``job`` is the plan's config)."""
-    from stage2_train.plan import with_ac
+    from stage2_train.plan.probe import with_ac
 
     return {fit_key(with_ac(job, mode)): [list(line) for line in m["peak_lines"]] for mode, m in plan["modes"].items()}
 
@@ -56,7 +56,7 @@ def record_fits(job: JobConfig, plan: dict[str, Any], path: Path = FITS) -> None
 
 def fit_for(job: JobConfig, mode: str | None = None) -> PeakEnvelope:
     """The recorded fit for ``job`` in ``mode`` (default: its own), else one measured now on fake tensors."""
-    from stage2_train.plan import PROBE_BATCHES, fake_world, fitted, measure_mode, with_ac, world_size
+    from stage2_train.plan.probe import PROBE_BATCHES, fake_world, fitted, measure_mode, with_ac, world_size
 
     mode = mode or job.activation_checkpoint.mode
     recorded = recorded_fits().get(fit_key(job, mode))

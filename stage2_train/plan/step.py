@@ -27,9 +27,9 @@ from torchtitan.models.flux import FluxModel
 from torchtitan.tools import utils
 
 from shared import contract
-from stage2_train.model.flavors import FLAVORS, PrecomputedFluxArgs
 from stage2_train.infra.parallelize import parallelize_precomputed_flux
-from stage2_train.plan_memory import MemoryTimeline, StepMemory, state_tensors
+from stage2_train.model.flavors import FLAVORS, PrecomputedFluxArgs
+from stage2_train.plan.memory import MemoryTimeline, StepMemory, state_tensors
 from stage2_train.step import flow_matching_batch, step_generator
 
 
