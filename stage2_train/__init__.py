@@ -8,12 +8,18 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
     trainer              FluxTrainer minus its encoders
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
     job_config           the project's [stage2] knobs
+    slurm_start          train.sbatch's launcher helper: a start's history line, failure budget, one line
+                         on how it ended and what happens next (requeue or stop)
+    history              <dump_folder>/history.jsonl, ``python -m stage2_train.history DUMP_FOLDER``
     preflight            ``python -m stage2_train.preflight``: GPUs, network, dataset and checkpoint space
     refusals             requests a run cannot carry out, one line each: preflight and the trainer ask them
 
     model/       flavors (shapes) · flops (training FLOPs per sample) · float8 (the FP8 converter)
     infra/       parallelize (AC, per-block compile, FSDP2/HSDP) · device (CPU without CUDA) ·
-                 stop_request (agreed stop on a signal) · accumulation (micro-batches per step)
+                 stop_request (agreed stop on a signal) · accumulation (micro-batches per step) ·
+                 liveness (per-rank heartbeat, exit record) · failure_budget (who ended a start; requeue
+                 or stop: budget, a repeated failure, no progress) · slurm_job (scontrol's view of the job;
+                 preflight's time-limit row)
     data/        dataset (samples, collate, empty prompt) · paired (ladder datasets) · sampler (global,
                  elastic order) · elastic_loader (its checkpointed state, pinned stores) · loader (opening
                  a dataset, building the loader) · manifest (the stores, read on rank 0 and broadcast) ·

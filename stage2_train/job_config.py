@@ -83,6 +83,14 @@ class Stage2:
     the signal's name inside). Every rank looks for it at every step boundary and all agree through
     one all-reduce; they then checkpoint that step, write ``<stop_file>.stopped`` (the step) and exit 0.
     Empty: only SIGTERM to the training processes asks for a stop."""
+    max_failures: int = 3
+    """Failures (a rank died or hung, a node was lost) one ``slurm/train.sbatch`` job recovers from by
+    requeueing itself and resuming from the newest checkpoint; the next one ends the job. Counted per
+    job from ``<dump_folder>/history.jsonl`` (``python -m stage2_train.history DUMP_FOLDER``). A failure
+    that repeats at the same step with the same cause ends the job at once."""
+    liveness_interval_seconds: float = 5.0
+    """Every rank rewrites ``<dump_folder>/liveness/rank_<r>.json`` this often, so that the launcher can
+    name a rank that hung (its heartbeat stops); keep it well below ``[comm] train_timeout_seconds``."""
     fsdp_forward_prefetch: int = 1
     """FSDP2 explicit forward prefetch: each transformer block starts the all-gather of the next n
     blocks' parameters. 0 leaves FSDP2's implicit prefetch. Default not measured on GPU here."""

@@ -8,6 +8,8 @@ Bad data (a corrupt chunk, another model's dataset) and a refused request (``ref
 with one line, not a traceback; torchrun's failure summary names that line instead of a traceback.
 Started without torchrun (``python -m stage2_train …``), it trains as one process, with the environment
 torchrun would have given it.
+Once the trainer runs, any other error's traceback goes to the rank's own log (``liveness``): the
+launcher's one line about the failure names it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torchtitan.train import Trainer
 
 import stage2_train.train_spec  # noqa: F401  (registers the TrainSpec)
 from shared.contract import ContractError
+from stage2_train.infra import liveness
 from stage2_train.infra.device import use_cpu_if_no_cuda
 from stage2_train.monitor import log_filter
 from stage2_train.refusals import Refusal
@@ -54,19 +57,37 @@ def run_trainer(trainer_cls: type[Trainer]) -> None:
             _say(f"stage2_train: error: {exc}")
         status = 1
     except ContractError as exc:
+        _record_end(exc)
         _say(
             f"stage2_train: error: {_own_message(exc)} (--stage2.on_corrupt skip leaves unreadable samples out and "
             f"counts them; python -m shared.inspect_shards DATASET --verify names every damaged store)"
         )
         status = 1
-    except Exception:
-        traceback.print_exc()
+    except Exception as exc:
+        if not _record_end(exc):
+            traceback.print_exc()
         status = 1
+    else:
+        _record_end(None)
     gc.collect()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def _record_end(exc: BaseException | None) -> bool:
+    """This rank's exit record for the launcher; False before the trainer started its liveness. A rank's
+    own error gets one line here too; one that only waited for another rank (a collective's timeout,
+    a peer gone) stays quiet: every rank but the culprit would say it."""
+    rank = liveness.current()
+    if rank is None:
+        return False
+    rank.ended(exc)
+    if exc is not None and not isinstance(exc, ContractError) and not liveness.waited(exc):
+        print(f"stage2_train: rank {rank.beat.rank} failed at step {(rank.beat.step or 0) + 1}: {liveness.cause(exc)} "
+              f"(traceback: {rank.log})", file=sys.stderr, flush=True)
+    return True
 
 
 def _own_message(exc: ContractError) -> str:

@@ -35,6 +35,7 @@ from stage2_train.data.identity_check import identity_differences
 from stage2_train.data.manifest import read_manifest
 from stage2_train.infra.accumulation import global_batch_refusal
 from stage2_train.model.flavors import FLAVORS
+from stage2_train.infra.slurm_job import time_limit_row
 from stage2_train.plan.check import memory_refusal
 from stage2_train.refusals import committed_samples, config_file_refusal, dataset_size_refusal, job_refusals
 
@@ -115,6 +116,9 @@ def train_rows(
         rows.append(Row("dataset extent", FAIL, refusal) if refusal else Row("dataset extent", OK, "may start"))
     dump = Path(job.job.dump_folder)
     rows.append(storage.writable_row("output", dump))
+    time_limit = time_limit_row(dump, environ)  # in a Slurm job: training left per start after start-up
+    if time_limit is not None:
+        rows.append(time_limit)
     if job.checkpoint.enable:
         copies = checkpoint_copies(job.checkpoint.keep_latest_k, job.training.steps, job.checkpoint.interval)
         rows.append(checkpoint_space_row(copies, nparams, free_bytes(dump / job.checkpoint.folder)))

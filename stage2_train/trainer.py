@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,7 @@ from torchtitan.train import Trainer
 from stage2_train.data.dataset import load_empty_prompt
 from stage2_train.data.ledger import SampleLedger
 from stage2_train.infra.accumulation import MicroBatchCounter, check_global_batch
+from stage2_train.infra.liveness import Liveness
 from stage2_train.infra.stop_request import StopRequest, checkpoint_now, wait_for_pending_save
 from stage2_train.monitor import log_filter
 from stage2_train.refusals import Refusal, job_refusals
@@ -62,6 +64,12 @@ class PrecomputedFluxTrainer(FluxTrainer):
             else None
         )
         self.stop_request = StopRequest(job_config.stage2.stop_file)
+        self.liveness = Liveness(
+            job_config.job.dump_folder,
+            torch.distributed.get_rank(),
+            job_config.stage2.liveness_interval_seconds,
+            job_config.comm.train_timeout_seconds,
+        )
         self.resumed_at: int | None = None
         self.micro_batches = MicroBatchCounter()
 
@@ -79,22 +87,28 @@ class PrecomputedFluxTrainer(FluxTrainer):
         """TorchTitan's check at every step boundary, plus a stop all ranks agree on (see stop_request)."""
         if self.resumed_at is None:
             self.resumed_at = self.step  # the step the loaded checkpoint holds (0: none)
+        self.liveness.at_step(self.step)
+        if self.step == self.resumed_at + 1 and self.resumed_at > 0:
+            # TorchTitan shortens the collectives' timeout only after step 1: a resumed start would
+            # otherwise wait [comm] init_timeout_seconds for a hung rank.
+            dist_utils.set_pg_timeouts(timedelta(seconds=self.job_config.comm.train_timeout_seconds), self.parallel_dims)
         if not super().should_continue_training():
             return False
         reason = self.stop_request.agreed_reason()
         if reason is None:
             return True
-        already_saved = self.step == self.resumed_at or self.step % self.job_config.checkpoint.interval == 0
-        if not self.job_config.checkpoint.enable:
+        if self.step == self.resumed_at == 0:
+            logger.info(f"stopping at step 0: {reason}; no step trained, no checkpoint to save")
+        elif not self.job_config.checkpoint.enable:
             logger.warning(f"stopping at step {self.step}: {reason}; checkpointing is off, a rerun starts over")
-            return False
-        if already_saved:
-            wait_for_pending_save(self.checkpointer)  # this step's interval save may still be writing
         else:
-            checkpoint_now(self.checkpointer, self.step)
-        self.stop_request.acknowledge(self.step)
-        logger.info(f"stopping at step {self.step}: {reason}; checkpoint step-{self.step} saved, "
-                    f"a resumed run starts at step {self.step + 1}")
+            if self.step == self.resumed_at or self.step % self.job_config.checkpoint.interval == 0:
+                wait_for_pending_save(self.checkpointer)  # this step's interval save may still be writing
+            else:
+                checkpoint_now(self.checkpointer, self.step)
+            logger.info(f"stopping at step {self.step}: {reason}; checkpoint step-{self.step} saved, "
+                        f"a resumed run starts at step {self.step + 1}")
+        self.stop_request.acknowledge(self.step, self.resumed_at)
         return False
 
     def forward_backward_step(

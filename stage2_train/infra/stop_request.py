@@ -7,7 +7,8 @@ noted too. A rank may see the request a step before another does, so at every st
 ranks all-reduce (max) what they saw — on a CPU group, so the GPU never waits for the host — and
 stop together: each saves its part of the checkpoint of that step (after any asynchronous interval
 save still writing has finished), the ranks that can see the stop file write ``<stop_file>.stopped``
-holding the step, and the batch shell requeues the job.
+holding the step (and the step they resumed at), and the batch shell requeues the job unless the
+start trained nothing (``slurm_start``).
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ class StopRequest:
         dist.all_reduce(code, op=dist.ReduceOp.MAX, group=self.group)
         return REASONS.get(int(code.item()))
 
-    def acknowledge(self, step: int) -> None:
-        """Tell the batch shell (which can see the stop file) that step ``step`` is checkpointed."""
+    def acknowledge(self, step: int, resumed_at: int) -> None:
+        """Tell the batch shell (which can see the stop file) that the ranks stop at ``step`` (checkpointed)
+        and resumed at ``resumed_at``: equal, this start trained nothing (``slurm_start end`` then stops)."""
         if self.stop_file is None or not self.stop_file.exists():
             return
         done = self.stop_file.with_name(self.stop_file.name + ".stopped")
-        atomic_write(done, f"{step}\n")
+        atomic_write(done, f"{step} {resumed_at}\n")
 
 
 def wait_for_pending_save(checkpointer: CheckpointManager) -> None:
