@@ -30,7 +30,7 @@ def stopped_run(slurm_cluster, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("async_stop")
     dataset = write_tiny_dataset(root / "ds", stores=2, samples_per_store=8)
     dump, log = root / "run", root / "job.out"
-    job = _submit(slurm_cluster, dataset, dump, log, STEPS, 2, *ASYNC)
+    job = _submit(slurm_cluster, dataset, dump, log, STEPS, 2, extra=ASYNC)
     _wait_for_step(dump / "ledger" / "rank_0.jsonl", 3, slurm_cluster, job.job_id)
     slurm_cluster.scancel(job.job_id, "--signal=USR1", "--batch")
     requeued = slurm_cluster.wait(job.job_id, timeout=120, until={"PENDING"} | TERMINAL_STATES)
