@@ -74,36 +74,40 @@ def run_task(
     ):  # no weights loaded for nothing
         return encode_tars(config, task.output, task_of, tars, None, None, None, started, progress, text)
     progress.starting()  # inspect_shards: "starting" from now, not "not a dataset" until the encoders load
-    tokenizer_factory = tokenizer_factory or functools.partial(
-        asset_loading.load_tokenizers, task.assets, config.text.t5_max_length
-    )
-    workers = Workers(
-        config.workers.resolved_decode(), tokenizer_factory, image_policy(config), config.text.t5_max_length
-    )
-    try:
-        default_factory = load_image_encoder if text else load_encoders
-        encoders = (encoders_factory or functools.partial(default_factory, task.assets))(device, dtype)
-        workers.wait_ready()  # they started while the encoders loaded
-        encoder = BatchEncoder(encoders, config.batch, compile_, config.encoders.ae_channels_last and device.type == "cuda")
-        if text:  # the empty prompt, like every text encoding, is the text dataset's
-            identity = paired_identity(config, encoders, text, compute_record(dtype, compile_))
-            register_dataset(task.output, task.assets, identity, pairing.location_record(task.output, text.root))
-        else:
-            identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizer_factory(), dtype, compile_)
-            register_dataset(task.output, task.assets, identity)
-        remove_stale(task.output, {contract.store_name(t.name) for t in tars}, config.run.stale_temporary_s)
-        if not text:
-            write_empty_prompt(task.output, identity, empty)
-        return encode_tars(config, task.output, task_of, tars, workers, encoder, identity, started, progress, text)
-    except OSError as exc:
-        if exc.errno in _DISK_FULL:
-            raise Stage1Error(
-                f"no space left (or file size limit) writing to {task.output}: {exc.strerror}. Nothing was "
-                f"committed for the store being written and its temporary was removed; free space and rerun."
-            ) from exc
-        raise
-    finally:
-        workers.close()
+    with progress.failed_on_error():
+        tokenizer_factory = tokenizer_factory or functools.partial(
+            asset_loading.load_tokenizers, task.assets, config.text.t5_max_length
+        )
+        workers = Workers(
+            config.workers.resolved_decode(), tokenizer_factory, image_policy(config), config.text.t5_max_length
+        )
+        try:
+            default_factory = load_image_encoder if text else load_encoders
+            encoders = (encoders_factory or functools.partial(default_factory, task.assets))(device, dtype)
+            workers.wait_ready()  # they started while the encoders loaded
+            channels_last = config.encoders.ae_channels_last and device.type == "cuda"
+            encoder = BatchEncoder(encoders, config.batch, compile_, channels_last)
+            if text:  # the empty prompt, like every text encoding, is the text dataset's
+                identity = paired_identity(config, encoders, text, compute_record(dtype, compile_))
+                register_dataset(task.output, task.assets, identity, pairing.location_record(task.output, text.root))
+            else:
+                identity, empty = identity_and_empty_prompt(
+                    config, encoders, encoder, tokenizer_factory(), dtype, compile_
+                )
+                register_dataset(task.output, task.assets, identity)
+            remove_stale(task.output, {contract.store_name(t.name) for t in tars}, config.run.stale_temporary_s)
+            if not text:
+                write_empty_prompt(task.output, identity, empty)
+            return encode_tars(config, task.output, task_of, tars, workers, encoder, identity, started, progress, text)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise Stage1Error(
+                    f"no space left (or file size limit) writing to {task.output}: {exc.strerror}. Nothing was "
+                    f"committed for the store being written and its temporary was removed; free space and rerun."
+                ) from exc
+            raise
+        finally:
+            workers.close()
 
 
 def check_output(output: Path) -> None:

@@ -3,12 +3,14 @@ line every few seconds (rate, skips, ETA), heartbeats in ``<dataset>/progress/``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -76,6 +78,7 @@ class Progress:
         self._bytes_read: dict[str, int] = {}
         self._inputs_read = 0
         self._current: str | None = None
+        self._finished = False
         self._heartbeat = Heartbeat(
             task_index=task_index,
             num_tasks=num_tasks,
@@ -140,8 +143,20 @@ class Progress:
         )
         self._write_heartbeat(now, "running", rate, "")
 
+    @contextlib.contextmanager
+    def failed_on_error(self) -> Iterator[None]:
+        """A task that dies before its final heartbeat (loading the encoders, a worker lost while starting)
+        says so: ``failed`` with the error, never a ``starting`` left behind for ``inspect_shards``."""
+        try:
+            yield
+        except BaseException as exc:
+            if not self._finished:
+                self.finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+
     def finish(self, state: str, message: str = "") -> None:
         """Final summary line and heartbeat (``done`` or ``failed``)."""
+        self._finished = True
         now = time.time()
         elapsed = now - self._started
         rate = self._samples / max(elapsed, 1e-9)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import write_sample_tars
-from shared import inspect_shards
+from shared import heartbeat, inspect_shards
 from stage1_encode.config import load_config
 from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
@@ -120,7 +120,7 @@ def test_python_m_stage2_train_alone_trains_150_steps_in_a_readable_log(small_da
     others = [line for line in lines if line.strip() and not STEP.match(line)]
     assert result.stderr.startswith("stage2_train: not started by torchrun: training as one process")
     assert len(others) <= 8, "\n".join(others)
-    full = tmp_path / "out" / "logs" / "rank_0.log"
+    full = tmp_path / "out" / "logs" / "local" / "rank_0.log"
     assert any(str(full) in line for line in others)
     assert "Building flux_precomputed flux-tiny" in full.read_text()  # the model config: moved, not lost
 
@@ -167,6 +167,7 @@ def test_inspect_says_starting_until_the_encoders_have_loaded(tiny_assets, tmp_p
         run_task(load_config(ENCODE_TINY, [("workers.decode", "0")]), Task(str(tars), dataset, tiny_assets),
                  encoders_loading, out=io.StringIO())  # fmt: skip
     assert capsys.readouterr().out.startswith("STARTING: Stage 1 is starting: 1 of 1 task(s) reported")
+    assert [(b.state, b.message) for b in heartbeat.read_heartbeats(dataset)] == [("failed", "Loading: ")]
     assert inspect_shards.main([str(tmp_path / "typo")]) == 2
     assert "if Stage 1 was submitted moments ago" in capsys.readouterr().err
 

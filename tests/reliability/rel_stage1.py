@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shared import contract
 from shared.store import verify_store
-from test_stage1_pipeline import TINY_CONFIG, fingerprint, run_cli, verified_stores
+from test_stage1_pipeline import fingerprint, run_cli, verified_stores
 from test_stage2_train import _descendants
 
 # Small Zarr shards (several shard writes per store); the production process layout: decode worker

@@ -119,9 +119,10 @@ def _two_of(find, proc) -> list[int]:
 
 
 def _busy_decode_worker(proc, dataset: Path) -> int | None:
-    """A decode worker caught running (state R) once the task is encoding (its heartbeat exists)."""
+    """A decode worker caught running (state R) once the task is encoding (its heartbeat says running;
+    while it says starting the workers are loading their tokenizers)."""
     workers = _two_of(decode_workers, proc)
-    while not heartbeat.read_heartbeats(dataset):
+    while [b.state for b in heartbeat.read_heartbeats(dataset)] != ["running"]:
         if proc.poll() is not None:
             return None
         time.sleep(0.005)
