@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import timedelta
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -29,7 +28,7 @@ from torchtitan.train import Trainer
 from stage2_train.data.dataset import load_empty_prompt
 from stage2_train.data.ledger import SampleLedger
 from stage2_train.infra.accumulation import MicroBatchCounter, check_global_batch
-from stage2_train.infra.liveness import Liveness
+from stage2_train.infra.liveness import Liveness, rank_log
 from stage2_train.infra.stop_request import StopRequest, checkpoint_now, wait_for_pending_save
 from stage2_train.monitor import log_filter
 from stage2_train.refusals import Refusal, job_refusals
@@ -39,7 +38,7 @@ from stage2_train.step import flow_matching_batch, step_generator
 class PrecomputedFluxTrainer(FluxTrainer):
     def __init__(self, job_config: JobConfig) -> None:
         rank = int(os.environ.get("RANK", "0"))
-        log_filter.keep_full_log(Path(job_config.job.dump_folder) / "logs" / f"rank_{rank}.log")
+        log_filter.keep_full_log(rank_log(job_config.job.dump_folder, rank))
         refusals = job_refusals(job_config)  # before anything is built (every rank refuses alike)
         if refusals:
             raise Refusal("; ".join(refusals))

@@ -3,13 +3,15 @@ test_stage2_requeue.py run them for real): who ended a start, requeue or stop, a
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
 from stage2_train import history
 from stage2_train.infra.failure_budget import culprit, next_move, no_progress_line, room_after_startup
 from stage2_train.history import Start
-from stage2_train.infra.liveness import Beat, Exit, cause, waited
+from stage2_train.infra.liveness import Beat, Exit, cause, record_killed, waited
+from stage2_train.infra.liveness import read as read_liveness
 from stage2_train.slurm_start import decide
 from test_stage2_helpers import REPO_ROOT
 
@@ -38,6 +40,20 @@ def test_a_killed_rank_is_the_one_without_an_exit_record():
     beats = {0: _beat(0, 36.0), 1: _beat(1, 30.5)}  # silent only until the teardown: not a hang
     failure = culprit(beats, {0: _waiting(0)}, 1)
     assert (failure.rank, failure.kind) == (1, "killed") and "without a traceback" in failure.cause
+
+
+def test_a_rank_torchrun_saw_killed_is_named_however_slow_the_teardown(tmp_path):
+    """Rank 0 SIGKILLed at 30 s, the teardown slow enough that its silence looks like a hang: torchrun's
+    record decides. A frozen rank's kill in the teardown (after rank 0 timed out waiting) does not."""
+    record_killed(tmp_path, 0, signal.SIGKILL, 30.0)
+    record_killed(tmp_path, 0, signal.SIGTERM, 31.0)  # a second record never replaces the first
+    killed = read_liveness(tmp_path)[1][0]
+    assert (killed.ended, killed.time) == ("killed", 30.0) and "killed by SIGKILL" in killed.cause
+    failure = culprit({0: _beat(0, 30.0), 1: _beat(1, 45.0)}, {0: killed}, 1)
+    assert (failure.rank, failure.kind) == (0, "killed") and failure.cause.startswith("died without a traceback")
+    torn_down = Exit(1, "killed", 60.0, killed.cause)
+    beats = {0: _beat(0, 50.0), 1: _beat(1, 29.0)}
+    assert (culprit(beats, {0: _waiting(0), 1: torn_down}, 1).kind) == "hung"
 
 
 def test_a_rank_s_own_error_wins_and_names_its_traceback():

@@ -230,7 +230,8 @@ def test_a_frozen_and_a_killed_rank_requeue_the_job_which_resumes_with_the_unint
     dump, log = tmp_path / "run", tmp_path / "job.out"
     ledger = dump / "ledger" / "rank_0.jsonl"
     job = _submit(slurm_cluster, dataset, dump, log, STEPS, extra=FAILURES)
-    expected = [(1, "stopped responding", signal.SIGSTOP, 1), (0, "died without a traceback", signal.SIGKILL, 2)]
+    killed = r"died without a traceback \(killed by SIGKILL"  # torchrun's record, however slow the teardown
+    expected = [(1, "stopped responding", signal.SIGSTOP, 1), (0, killed, signal.SIGKILL, 2)]
     for rank, cause, how, failure in expected:
         _wait_for_records(ledger, len(_records(ledger)) + 7, slurm_cluster, job.job_id)
         elapsed, state = _fail_a_rank(slurm_cluster, job.job_id, dump, rank, how)
@@ -252,7 +253,7 @@ def test_a_frozen_and_a_killed_rank_requeue_the_job_which_resumes_with_the_unint
             want = reference[rank][record["step"]]
             assert (record["samples"], record["loss"]) == (want["samples"], want["loss"]), record["step"]
     table = _history(dump).splitlines()
-    assert len(table) == 4 and f"  failed: start 1 failed: rank 1 (" in table[1], table
+    assert len(table) == 4 and "  failed: start 1 failed: rank 1 (" in table[1], table
     assert "  failed: start 2 failed: rank 0 (" in table[2] and table[3].endswith(f"  completed: finished at step {STEPS}")
 
 
@@ -272,30 +273,27 @@ def test_past_the_failure_budget_the_job_ends_with_the_budget_line(slurm_cluster
                      r"failure budget spent \(2 failures, \[stage2\] max_failures = 1\)", text), text[-6000:]
 
 
-def test_a_time_limit_that_leaves_no_training_after_start_up_ends_the_job_in_two_starts(slurm_cluster, dataset, tmp_path):
-    """``--time=2 --signal=B:USR1@110``: the signal comes during start-up; a start that trains no step
-    past its checkpoint is not requeued, and says why in one line with the three figures."""
+def test_a_time_limit_signal_during_start_up_ends_the_job_without_a_requeue(slurm_cluster, dataset, tmp_path):
+    """``--time=2 --signal=B:USR1@110``, and the signal sent as soon as the start's line is out (slurmctld
+    itself delivers it up to its 30 s background pass late, after this tiny run may have trained): a start
+    that trains no step is not requeued, and says why in one line with the three figures."""
     dump, log = tmp_path / "run", tmp_path / "job.out"
     job = _submit(slurm_cluster, dataset, dump, log, STEPS, extra=("--checkpoint.interval", "5"),
                   sbatch_extra=("--time=2", "--signal=B:USR1@110"))
-    deadline, ran = time.monotonic() + 420, False
-    while (state := slurm_cluster.job_state(job.job_id)) not in TERMINAL_STATES:
-        assert time.monotonic() < deadline, log.read_text()[-6000:]
-        if state == "PENDING" and ran:  # requeued after a start that trained something
-            slurm_cluster.requeue_now(job.job_id)
-            ran = False
-        ran = ran or state == "RUNNING"
-        time.sleep(0.5)
+    deadline = time.monotonic() + 240
+    while not (log.exists() and re.search(r"flux-train: start 1 of job \d+ \(", log.read_text())):
+        assert time.monotonic() < deadline and slurm_cluster.job_state(job.job_id) in ("PENDING", "RUNNING")
+        time.sleep(0.2)
+    slurm_cluster.scancel(job.job_id, "--signal=USR1", "--batch")
+    state = slurm_cluster.wait(job.job_id, timeout=240).state
     text = log.read_text()
-    starts = re.findall(r"flux-train: start (\d+) of job \d+ \(", text)
-    assert state == "FAILED" and starts in (["1"], ["1", "2"]), text[-6000:]
+    assert state == "FAILED" and re.findall(r"flux-train: start (\d+) of job \d+ \(", text) == ["1"], text[-6000:]
     reason = re.findall(r"flux-train: stop: no step trained past step (\d+) before the time-limit signal: it came "
                         r"(\d+) s before the 120 s time limit, and this start took (\d+) s to reach training", text)
-    assert len(reason) == 1 and 50 <= int(reason[0][1]) <= 120, text[-6000:]
+    assert len(reason) == 1 and reason[0][0] == "0" and 100 <= int(reason[0][1]) <= 120, text[-6000:]
+    assert "stopping at step 0: time limit (SIGUSR1); no step trained, no checkpoint to save" in text
     assert "checkpoint step-0 saved" not in text
     assert re.search(r"time limit +WARN +--time 120 s - signal lead \d+ s - start-up \d+ s leaves -?\d+ s of training", text)
-    if reason[0][0] == "0":
-        assert "stopping at step 0: time limit (SIGUSR1); no step trained, no checkpoint to save" in text
 
 
 def test_a_cancelled_job_stays_cancelled(slurm_cluster, dataset, tmp_path):

@@ -1,10 +1,11 @@
 """Whether a start that ended should be followed by another: the failure budget, a failure that
 repeats, a start that made no progress. Pure functions of what the ranks and the history recorded.
 
-* Who ended a start (``culprit``): a rank that raised its own error; else a rank that hung (the
-  longest silence between its heartbeats, or from its last one to the others' last ones, near the
-  collectives' timeout); else a rank that left no exit record: killed (SIGKILL, the OOM killer, a lost node:
-  no traceback); else the ranks that timed out waiting with no rank standing out.
+* Who ended a start (``culprit``): a rank that raised its own error, or that torchrun saw killed by a
+  signal before any rank timed out waiting; else a rank that hung (the longest silence between its
+  heartbeats, or from its last one to the others' last ones, near the collectives' timeout); else a
+  rank that left no exit record: killed with its torchrun (a lost node: no traceback); else the ranks
+  that timed out waiting with no rank standing out.
 * After a failure (``next_move``): requeue while the job's failures stay within ``max_failures``;
   stop when they exceed it, or when this failure is one the job already had (same step, same cause):
   a bug, not bad luck, and a requeue would only repeat it.
@@ -55,11 +56,14 @@ def _step(beat: Beat | None) -> int | None:
 
 def culprit(beats: dict[int, Beat], exits: dict[int, Exit], srun_status: int) -> Failure:
     """The rank that ended a failed start, and why (see the module's docstring)."""
-    own = [e for e in exits.values() if e.ended == "error" and not e.waiting]
+    waited_since = min((e.time for e in exits.values() if e.ended == "error" and e.waiting), default=float("inf"))
+    own = [e for e in exits.values() if (e.ended == "error" and not e.waiting) or
+           (e.ended == "killed" and e.time <= waited_since)]  # killed while the others waited: torn down, not first
     if own:
         first = min(own, key=lambda e: e.time)
         beat = beats.get(first.rank)
-        return Failure(first.rank, beat.host if beat else "?", _step(beat), first.cause, "error", first.log)
+        kind = "killed" if first.ended == "killed" else "error"
+        return Failure(first.rank, beat.host if beat else "?", _step(beat), first.cause, kind, first.log)
     if beats:
         hung, silence = max(((b, _silence(b, beats)) for b in beats.values()), key=lambda pair: pair[1])
         if silence > max(HUNG_AFTER_BEATS * hung.interval, hung.timeout_s / 2):

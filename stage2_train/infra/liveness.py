@@ -5,15 +5,17 @@ by SIGKILL or the OOM killer leaves no traceback at all. So every rank keeps
 ``<dump_folder>/liveness/rank_<r>.json`` fresh from a daemon thread (a frozen process stops beating; one
 blocked in a collective keeps beating, gloo and NCCL release the GIL while they wait) with the last step
 it finished, and on the way out writes ``rank_<r>.exit.json`` (done, or the exception's one line) and its
-traceback to ``<dump_folder>/logs/<job>/rank_<r>.log``. ``slurm_start end`` reads them after ``srun``
-returns and names the rank that ended the start (``failure_budget.culprit``). No torch import: the
-launcher reads these files in a process that must start in a second.
+traceback at the end of its full log, ``<dump_folder>/logs/<start>/rank_<r>.log``; a rank killed by a
+signal gets its record from torchrun's wrapper (``record_killed``). ``slurm_start end`` reads them after
+``srun`` returns and names the rank that ended the start (``failure_budget.culprit``). No torch import:
+the launcher reads these files in a process that must start in a second.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -54,7 +56,8 @@ class Beat:
 class Exit:
     rank: int
     ended: str
-    """``done`` (returned normally) or ``error``."""
+    """``done`` (returned normally), ``error`` (raised), or ``killed`` (a signal; written by torchrun's
+    wrapper, ``record_killed``: the rank itself could not)."""
     time: float = 0.0
     cause: str = ""
     """The exception's type and first line of its message."""
@@ -70,6 +73,11 @@ def start_label(environ: os._Environ | dict[str, str] = os.environ) -> str:
     return f"job-{job}-start-{int(environ.get('SLURM_RESTART_COUNT', '0')) + 1}" if job else "local"
 
 
+def rank_log(dump_folder: str | os.PathLike, rank: int) -> Path:
+    """This rank's full log for this start: every record (third-party ones too), a traceback at the end."""
+    return Path(dump_folder) / "logs" / start_label() / f"rank_{rank}.log"
+
+
 class Liveness:
     """This rank's heartbeat (a daemon thread) and exit record."""
 
@@ -78,7 +86,7 @@ class Liveness:
             raise ValueError(f"[stage2] liveness_interval_seconds must be > 0, not {interval}")
         self.folder = Path(dump_folder) / FOLDER
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.log = Path(dump_folder) / "logs" / start_label() / f"rank_{rank}.log"
+        self.log = rank_log(dump_folder, rank)
         host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         self.beat = Beat(rank, host, os.getpid(), time.time(), interval=interval, timeout_s=timeout)
         self._lock = threading.Lock()
@@ -140,6 +148,20 @@ def waited(exc: BaseException) -> bool:
 
 def _type_names(exc: BaseException) -> set[str]:
     return {c.__name__ for c in type(exc).__mro__}  # no torch import here (see the module's docstring)
+
+
+def record_killed(dump_folder: str | os.PathLike, rank: int, signal_number: int, when: float) -> None:
+    """torchrun saw ``rank`` die of a signal at ``when``: the exit record the rank could not write."""
+    path = Path(dump_folder) / FOLDER / f"rank_{rank}.exit.json"
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        name = signal.Signals(signal_number).name
+    except ValueError:
+        name = f"signal {signal_number}"
+    cause = f"died without a traceback (killed by {name}: by hand, or the kernel's OOM killer)"
+    atomic_write(path, json.dumps(asdict(Exit(rank, "killed", when, cause))) + "\n")
 
 
 def current() -> Liveness | None:

@@ -11,7 +11,8 @@ from every rank at every occurrence. Installed before TorchTitan starts (``launc
 * third-party lines that ask nothing of the user (``NOISE``: the model config as JSON, a missing ``lspci``,
   safetensors-index notes, mesh and process-group chatter) leave the console.
 Once the trainer knows its dump folder, ``keep_full_log`` writes every record of the rank, those too, to
-``<dump_folder>/logs/rank_<r>.log`` and says so in one line: nothing is lost, only moved.
+``<dump_folder>/logs/<start>/rank_<r>.log`` (``liveness.rank_log``) and says so in one line: nothing is
+lost, only moved.
 """
 
 from __future__ import annotations
