@@ -81,7 +81,8 @@ class Stage2:
     stop_file: str = ""
     """A file whose appearance asks the run to stop (``train.sbatch`` writes it on SIGUSR1/SIGTERM, with
     the signal's name inside). Every rank looks for it at every step boundary and all agree through
-    one all-reduce; they then checkpoint that step, write ``<stop_file>.stopped`` (the step) and exit 0.
+    one all-reduce; they then checkpoint that step, write ``<stop_file>.stopped`` (that step and the
+    step the start resumed at) and exit 0.
     Empty: only SIGTERM to the training processes asks for a stop."""
     max_failures: int = 3
     """Failures (a rank died or hung, a node was lost) one ``slurm/train.sbatch`` job recovers from by

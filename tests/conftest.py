@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 from slurm_helpers import SlurmCluster
 
@@ -21,6 +22,14 @@ _SLURM_VERSION = pytest.StashKey[str]()
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-process gloo group: TorchTitan's ``train_step`` and FSDP2 ask for meshes."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
 
 
 @pytest.fixture(scope="session")

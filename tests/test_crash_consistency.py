@@ -12,7 +12,6 @@ are not covered: a crash may tear them.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 

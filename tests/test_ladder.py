@@ -205,7 +205,7 @@ def test_inspect_shows_both_halves_verifies_the_pairing_and_decodes_at_512(ladde
     assert len(lines) >= 3, out  # and in the text section and the verify findings
 
 
-def test_512_step_equals_torchtitans_online_step(ladder, tiny_assets, tmp_path):
+def test_512_step_equals_torchtitans_online_step(one_rank_group, ladder, tiny_assets, tmp_path):
     """Latents from the 512 px image dataset, text from the 256 px one: loss and every gradient
     ``torch.equal`` to TorchTitan's online step at 512 px, at prompt dropout 0.447."""
     _, _, _, usable = comparable_samples(ladder["tars"], ladder["image512"])

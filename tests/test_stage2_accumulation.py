@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 from fidelity import fidelity_model
 from test_stage2_helpers import parse_job_config, run_stage2, write_tiny_dataset
 from torchtitan.components.loss import build_mse_loss
@@ -56,14 +55,6 @@ def _optimizer(model: torch.nn.Module, config) -> tuple:
 def _cat(batches: list[FlowMatchingBatch]) -> FlowMatchingBatch:
     fields = batches[0].__dataclass_fields__
     return FlowMatchingBatch(**{name: torch.cat([getattr(b, name) for b in batches]) for name in fields})
-
-
-@pytest.fixture()
-def one_rank_group():
-    """TorchTitan's train_step asks its parallel dims for meshes (clipping): a one-process gloo group."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_two_micro_batches_train_what_one_batch_of_both_trains(one_rank_group, tmp_path):

@@ -9,7 +9,6 @@ complete before the processes exit (they exit hard), or the requeued job resumes
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from torch.distributed.checkpoint import FileSystemReader

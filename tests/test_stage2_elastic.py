@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from test_stage2_helpers import REPO_ROOT, parse_job_config, run_stage2, write_tiny_dataset
 from torch.distributed.device_mesh import init_device_mesh
 from torchtitan.models.flux import FluxModel
@@ -189,13 +188,6 @@ def test_resume_trains_on_pinned_stores_while_stage1_adds_more(dataset, tmp_path
 
 
 # --------------------------------------------------------------------------- FSDP2 prefetch knobs
-
-
-@pytest.fixture()
-def one_rank_group():
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(("forward", "backward", "reshard"), [(1, 1, True), (2, 3, False), (0, 0, True)])

@@ -17,7 +17,6 @@ import pytest
 import torch
 from fidelity import CORRUPTIONS, comparable_samples, compare_step
 from test_stage1_pipeline import TINY_CONFIG as ENCODE_TINY_CONFIG
-from test_stage2_accumulation import one_rank_group  # noqa: F401 (a fixture: train_step's meshes, metrics)
 from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, TORCHRUN, torchrun_env
 
 from fixtures import write_sample_tars
@@ -114,7 +113,7 @@ def test_sbatch_trains_hsdp_on_two_nodes(slurm_cluster, stage1, tmp_path, nproc,
     log = job.log()
     assert job.returncode == 0, log[-6000:]
     assert f"2 node(s) x {nproc} process(es)" in log
-    assert f"dp_replicate=2, dp_shard={shard}" in log
+    assert f"dp_replicate=2, dp_shard={shard}" in next(dump.glob("logs/job-*-start-1/rank_0.log")).read_text()  # TorchTitan's mesh line
     steps = re.findall(r"step: +(\d+)  loss:\s+(\S+)  grad_norm: .* samples/s/GPU: .* MFU: ", log)
     assert [int(step) for step, _ in steps] == list(range(1, 11)), log[-6000:]  # one line per step, from rank 0
     assert all(math.isfinite(float(loss)) for _, loss in steps)

@@ -49,7 +49,8 @@ def _global_losses(dump: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def common(dataset, tmp_path_factory) -> tuple[str, ...]:
     """Overrides of every run here, starting all of them from one seed checkpoint: DTensor's random
-    init differs between sharded and replicated layouts, and runs are compared across layouts."""
+    init differs between sharded and replicated layouts, and runs are compared across layouts. Every run
+    that uses it enables checkpointing: TorchTitan loads no ``initial_load_path`` otherwise."""
     seed = tmp_path_factory.mktemp("seed")
     _ok(run_stage2(1, dataset, seed, "--checkpoint.enable", "--checkpoint.create_seed_checkpoint"))
     return (
@@ -61,7 +62,7 @@ def common(dataset, tmp_path_factory) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def replicated(dataset, common, tmp_path_factory) -> Path:
     dump = tmp_path_factory.mktemp("replicated")
-    _ok(run_stage2(2, dataset, dump, *common, *REPLICATE_2))
+    _ok(run_stage2(2, dataset, dump, *common, *REPLICATE_2, *CHECKPOINTED))
     return dump
 
 

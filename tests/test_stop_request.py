@@ -31,7 +31,7 @@ def _rank(rank: int, root: str, results: dict) -> None:
         stop_file.write_text("TERM\n")
     dist.barrier()
     seen.append(request.agreed_reason())
-    request.acknowledge(7)
+    request.acknowledge(7, 5)
     results[rank] = (seen, sorted(p.name for p in stop_file.parent.iterdir()))
     dist.destroy_process_group()
 
@@ -44,4 +44,4 @@ def test_a_stop_seen_by_rank_0_alone_stops_both_ranks(tmp_path):
     assert results[0][0] == expected and results[1][0] == expected
     # Only the rank that sees the stop file acknowledges it (the batch shell's node reads the step).
     assert results[0][1] == ["flux-train.stop", "flux-train.stop.stopped"] and results[1][1] == []
-    assert (tmp_path / "node-0" / "flux-train.stop.stopped").read_text() == "7\n"
+    assert (tmp_path / "node-0" / "flux-train.stop.stopped").read_text() == "7 5\n"

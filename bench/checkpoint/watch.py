@@ -60,7 +60,7 @@ class Watcher(threading.Thread):
                 requested_at = time.monotonic()
             if requested_at is not None and stopped.exists() and stopped.read_text().strip():
                 self.timing.seconds = time.monotonic() - requested_at
-                self.timing.step = int(stopped.read_text())
+                self.timing.step = int(stopped.read_text().split()[0])  # "<stop step> <resumed at>"
                 return
             time.sleep(POLL_S)
 

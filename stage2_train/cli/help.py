@@ -16,7 +16,7 @@ from stage2_train import job_config
 TITAN_HELP = "--help-torchtitan"
 HELP_FLAGS = ("--help", "-h")
 
-USAGE = f"""\
+USAGE = """\
 usage: python -m stage2_train --job.config_file FILE --training.dataset_path DATASET [--section.key value …]
        (on a cluster: sbatch slurm/train.sbatch with the same arguments; one process per GPU via torchrun)
 
