@@ -3,7 +3,8 @@
 Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at the top, a room per concern.
 
     __main__ / launch    ``python -m stage2_train`` under torchrun (CPU/gloo without CUDA; one process without)
-    torchrun             ``python -m stage2_train.torchrun``: torchrun ending a failure with its summary only
+    torchrun             ``python -m stage2_train.torchrun``: torchrun ending a failure with its summary only,
+                         recording a rank it saw killed by a signal
     train_spec           the TrainSpec: model, parallelize, data loader, metrics, validator
     trainer              FluxTrainer minus its encoders
     step                 stored moments/encodings -> TorchTitan's flow-matching inputs, same draws
@@ -30,4 +31,6 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
     monitor/     metrics (samples/s, MFU, data wait, memory) · rank_log (every rank's peak memory and
                  step time, <dump>/ranks/) · log_filter (one line per step, each warning once) · wandb_mode
     cli/         arguments (what the command takes) · help (its --help)
+    plan/        ``python -m stage2_train.plan``: the run on fake tensors at its real world size; probe ·
+                 step · memory · sizing · report · check (preflight's fit, from fits.json)
 """
