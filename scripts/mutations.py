@@ -84,6 +84,13 @@ MUTATIONS = (
     Mutation("unsafe-names-allowed", "stage1_encode/tars.py",
              'if member.name.startswith("/") or ".." in member.name.split("/"):', "if False:",
              ("tests/reliability/test_bad_input.py::test_every_kind_is_kept_or_skipped_under_its_reason",)),
+    # After the merges: a task failing while it starts, a rank killed by a signal
+    Mutation("start-failure-leaves-starting", "stage1_encode/progress.py",
+             "            if not self._finished:\n", "            if False:\n",
+             ("tests/test_second_week.py::test_inspect_says_starting_until_the_encoders_have_loaded",)),
+    Mutation("torchrun-kill-unrecorded", "stage2_train/torchrun.py", "if failure.exitcode < 0:", "if failure.exitcode < -99:",
+             ("tests/test_stage2_requeue.py::test_a_frozen_and_a_killed_rank_requeue_the_job_which_resumes_with_the_uninterrupted_losses",),
+             slow=True),
 )
 
 
