@@ -8,9 +8,11 @@ at one batch, image size and date; its ``peak_memory_allocated`` figure, or a ``
 field, where the run recorded one, else ``peak_active_gib``) and our trainer's runs
 only. For each run the planner measures its config on fake tensors at world 1 (as the benchmark runs:
 FSDP2 with a shard degree of 1) and reports predicted vs measured peak, their ratio, whether it is
-within 10 %, and whether both agree that the batch fits the GPU. The fake step is eager: a compiled
-run fuses elementwise ops and saves fewer activations, FP8 keeps FP8 copies the fake step does not
-make; those runs name the difference in ``note``.
+within 10 %, and whether both agree that the batch fits the GPU. A run with compiled blocks is planned
+with compile on (``plan.step``: Inductor's decompositions and min-cut partitioner decide the saved
+activations; temporaries are not fused), one without it eager, both under the trainer's one-GPU
+bf16 autocast. FP8 keeps FP8 copies the fake step does not make; those runs name the difference in
+``note``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from stage2_train.infra.device import use_cpu_if_no_cuda
 from stage2_train.model.flavors import FLAVORS
 from stage2_train.plan.probe import PROBE_BATCHES, fake_world, fitted, measure_mode
 from stage2_train.plan.sizing import GIB, PeakEnvelope, usable_bytes
+from stage2_train.plan.step import COMPILE_NOTE
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "flux_schnell.toml"
 AC = {"none": ("none", ""), "full": ("full", ""), "every-other": ("selective", "2")}
@@ -54,7 +57,8 @@ def job_args(run: dict[str, Any]) -> list[str]:
     return ["--job.config_file", str(CONFIG), "--model.flavor", run["flavor"],
             "--training.img_size", str(run.get("image_size", 256)), "--training.local_batch_size", str(run["batch"]),
             "--parallelism.data_parallel_replicate_degree", "1", "--parallelism.data_parallel_shard_degree", "1",
-            "--activation_checkpoint.mode", mode, "--activation_checkpoint.selective_ac_option", option or "op"]  # fmt: skip
+            "--activation_checkpoint.mode", mode, "--activation_checkpoint.selective_ac_option", option or "op",
+            "--compile.enable" if run.get("compile_blocks") else "--compile.no-enable"]  # fmt: skip
 
 
 def envelope(args: list[str], device: torch.device) -> PeakEnvelope:
@@ -75,7 +79,9 @@ def gpu_gib(device: str) -> float:
 def note(run: dict[str, Any]) -> str:
     parts = []
     if run.get("compile_blocks"):
-        parts.append("blocks compiled: fusion saves activations the eager fake step counts")
+        parts.append(COMPILE_NOTE)
+    if run.get("micro_batches", 1) > 1:
+        parts.append(f"{run['micro_batches']} micro-batches per step: earlier ones' gradients live through later backwards, the fake step runs one")
     if run.get("float8"):
         parts.append("FP8 linears: FP8 weight and activation copies the fake step does not make")
     return "; ".join(parts)

@@ -106,6 +106,13 @@ class MemoryTimeline(TorchDispatchMode):
         self.collective_bytes: Counter[str] = Counter()
         self._resize = torch.UntypedStorage.resize_
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Lets ``torch.compile`` compile under this mode (dynamo skips frames under any other mode): the
+        mode is off while dynamo traces and AOTAutograd partitions, and on while the compiled graphs run,
+        so a compiled block's memory is what its graphs allocate (``plan.step``'s ``MIN_CUT_BACKEND``)."""
+        return True
+
     def register(self, tensors: Iterable[torch.Tensor]) -> None:
         for t in tensors:
             self._storage_serial(local(t).untyped_storage())

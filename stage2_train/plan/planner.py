@@ -39,7 +39,7 @@ from stage2_train.plan.sizing import (
     usable_bytes,
     wire,
 )
-from stage2_train.plan.step import BuiltStep, measure_step
+from stage2_train.plan.step import COMPILE_NOTE, BuiltStep, compiles_blocks, measure_step
 
 
 def plan(job: JobConfig, gpus: list[float], device: torch.device, a: Assumptions, modes: tuple[str, ...],
@@ -69,6 +69,7 @@ def plan(job: JobConfig, gpus: list[float], device: torch.device, a: Assumptions
         "flavor": job.model.flavor, "image_size": job.training.img_size, "text_tokens": job.encoder.max_t5_encoding_len,
         "replicate": p.data_parallel_replicate_degree, "shard": p.data_parallel_shard_degree, "gpus_per_node": gpus_per_node,
         "device": str(device), "params": nparams, "flops_per_sample": flops,
+        "step_model": COMPILE_NOTE if compiles_blocks(job) else "eager blocks",
         "config_batch": job.training.local_batch_size, "config_ac_mode": job.activation_checkpoint.mode,
         "state_bytes_per_rank": probe.state_bytes,
         "max_batch": max_batch,

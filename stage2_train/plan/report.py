@@ -50,4 +50,4 @@ def print_plan(r: dict[str, Any]) -> None:
     print(f"dataset: {size(rd['bytes_per_sample'])} per sample ({rd['source']})")
     print(f"roofline: {a['mfu']:.1%} MFU of {a['peak_tflops']:.0f} TFLOP/s, {r['flops_per_sample'] / 1e12:.1f} TFLOP per sample, "
           "AC recompute counted, communication overlapped with compute (only what exceeds it is exposed); "
-          "fake step eager (per-block compile and FP8 not modelled)")  # fmt: skip
+          f"fake step: {r.get('step_model', 'eager blocks')} (FP8 not modelled)")  # fmt: skip
