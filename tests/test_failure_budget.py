@@ -36,6 +36,14 @@ def test_a_frozen_rank_resumed_by_the_teardown_is_named_by_its_gap_between_beats
     assert culprit(beats, {0: _waiting(0), 1: _waiting(1)}, 1).rank == 1
 
 
+def test_a_rank_that_exited_waiting_is_not_hung_when_the_frozen_one_wakes_long_after():
+    """Rank 0 timed out waiting and exited at 40 s; the frozen rank 1, woken by a slow teardown (Slurm's
+    SIGCONT before SIGTERM), beat at 66 s with a 31 s gap: rank 1 is named, not the exited rank 0."""
+    beats = {0: _beat(0, 40.0, silent=1.0), 1: _beat(1, 66.0, silent=31.0)}
+    failure = culprit(beats, {0: _waiting(0), 1: _waiting(1)}, 1)
+    assert (failure.rank, failure.kind) == (1, "hung") and "no heartbeat for 31 s" in failure.cause
+
+
 def test_a_killed_rank_is_the_one_without_an_exit_record():
     beats = {0: _beat(0, 36.0), 1: _beat(1, 30.5)}  # silent only until the teardown: not a hang
     failure = culprit(beats, {0: _waiting(0)}, 1)

@@ -65,7 +65,7 @@ def culprit(beats: dict[int, Beat], exits: dict[int, Exit], srun_status: int) ->
         kind = "killed" if first.ended == "killed" else "error"
         return Failure(first.rank, beat.host if beat else "?", _step(beat), first.cause, kind, first.log)
     if beats:
-        hung, silence = max(((b, _silence(b, beats)) for b in beats.values()), key=lambda pair: pair[1])
+        hung, silence = max(((b, _silence(b, beats, exits)) for b in beats.values()), key=lambda pair: pair[1])
         if silence > max(HUNG_AFTER_BEATS * hung.interval, hung.timeout_s / 2):
             cause = f"stopped responding (no heartbeat for {silence:.0f} s while the others waited: hung or frozen)"
             return Failure(hung.rank, hung.host, _step(hung), cause, "hung")
@@ -83,8 +83,11 @@ def culprit(beats: dict[int, Beat], exits: dict[int, Exit], srun_status: int) ->
     return Failure(None, "", None, f"srun exit status {srun_status}, no rank reported (see the lines above)", "error")
 
 
-def _silence(beat: Beat, beats: dict[int, Beat]) -> float:
-    """A rank's longest gap between heartbeats, or from its last one to the other ranks' last one."""
+def _silence(beat: Beat, beats: dict[int, Beat], exits: dict[int, Exit]) -> float:
+    """A rank's longest gap between heartbeats, or, unless it exited by itself, from its last one to the
+    other ranks' last one (a rank that exited stops beating; a frozen one woken by the teardown beats later)."""
+    if beat.rank in exits and exits[beat.rank].ended != "killed":
+        return beat.silent_s
     newest_other = max((b.time for b in beats.values() if b.rank != beat.rank), default=beat.time)
     return max(beat.silent_s, newest_other - beat.time)
 

@@ -27,6 +27,11 @@ FALLBACK_MODE = "full"
 """The mode named when the config's own mode fits no batch: the least activation memory."""
 
 
+def compiles_blocks(job: JobConfig) -> bool:
+    """Per-block compile: it changes what a step saves, so plans and fits tell it apart."""
+    return job.compile.enable and "model" in job.compile.components
+
+
 def fit_key(job: JobConfig, mode: str | None = None) -> str:
     """What shapes one rank's step memory (see the module docstring), as one string."""
     ac, s2, t = job.activation_checkpoint, job.stage2, job.training
@@ -35,7 +40,7 @@ def fit_key(job: JobConfig, mode: str | None = None) -> str:
     return (f"{job.model.flavor} img{t.img_size} t5-{job.encoder.max_t5_encoding_len} "
             f"shard{job.parallelism.data_parallel_shard_degree} ac-{mode}{option} "
             f"reshard-{s2.fsdp_reshard_after_forward} prefetch{s2.fsdp_forward_prefetch}/{s2.fsdp_backward_prefetch} "
-            f"{t.mixed_precision_param}/{t.mixed_precision_reduce}")  # fmt: skip
+            f"{t.mixed_precision_param}/{t.mixed_precision_reduce}{' compiled' if compiles_blocks(job) else ''}")  # fmt: skip
 
 
 def recorded_fits(path: Path = FITS) -> dict[str, list[list[float]]]:

@@ -14,6 +14,7 @@ from torchtitan.config import JobConfig
 
 from stage2_train.infra.parallelize import checkpoint_every
 from stage2_train.model.flavors import FLAVORS
+from stage2_train.plan.check import compiles_blocks
 from stage2_train.plan.memory import StepMemory
 from stage2_train.plan.probe import (
     AC_MODES,
@@ -39,7 +40,7 @@ from stage2_train.plan.sizing import (
     usable_bytes,
     wire,
 )
-from stage2_train.plan.step import COMPILE_NOTE, BuiltStep, compiles_blocks, measure_step
+from stage2_train.plan.step import COMPILE_NOTE, BuiltStep, measure_step
 
 
 def plan(job: JobConfig, gpus: list[float], device: torch.device, a: Assumptions, modes: tuple[str, ...],

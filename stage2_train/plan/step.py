@@ -37,6 +37,7 @@ from torchtitan.tools import utils
 from shared import contract
 from stage2_train.infra.parallelize import parallelize_precomputed_flux
 from stage2_train.model.flavors import FLAVORS, PrecomputedFluxArgs
+from stage2_train.plan.check import compiles_blocks
 from stage2_train.plan.memory import MemoryTimeline, StepMemory, state_tensors
 from stage2_train.step import flow_matching_batch, step_generator
 
@@ -96,10 +97,6 @@ def register_min_cut_backend() -> str:
                            decompositions=select_decomp_table())  # fmt: skip
     register_backend(backend, name=MIN_CUT_BACKEND)
     return MIN_CUT_BACKEND
-
-
-def compiles_blocks(job: JobConfig) -> bool:
-    return job.compile.enable and "model" in job.compile.components
 
 
 def as_planned(job: JobConfig) -> JobConfig:
