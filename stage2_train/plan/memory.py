@@ -106,6 +106,10 @@ class MemoryTimeline(TorchDispatchMode):
         self.collective_bytes: Counter[str] = Counter()
         self._resize = torch.UntypedStorage.resize_
 
+    supports_higher_order_operators = True
+    """Compiled blocks under activation checkpointing run higher-order ops (``run_and_save_rng_state``):
+    they pass through ``__torch_dispatch__`` like any op, their outputs counted as allocations."""
+
     @classmethod
     def ignore_compile_internals(cls) -> bool:
         """Lets ``torch.compile`` compile under this mode (dynamo skips frames under any other mode): the
