@@ -72,6 +72,11 @@ def apply_ac(model: nn.Module, ac: ActivationCheckpoint) -> None:
     logger.info(f"Activation checkpointing: every {every} of {len(_blocks(model))} blocks")
 
 
+def compiles_blocks(job_config: JobConfig) -> bool:
+    """Whether the trainer compiles each block (the planner models it; preflight's fits tell it apart)."""
+    return job_config.compile.enable and "model" in job_config.compile.components
+
+
 def apply_compile(model: nn.Module, compile_config: Compile) -> None:
     """Compile each block on its own: the repeated structure compiles once and graphs stay small."""
     for parent, name in _blocks(model):
@@ -117,7 +122,7 @@ def parallelize_precomputed_flux(model: nn.Module, parallel_dims: ParallelDims, 
     if any(degree > 1 for degree in unsupported.values()):
         raise Refusal(f"Stage 2 trains with data parallelism only; got degrees {unsupported}")
     apply_ac(model, job_config.activation_checkpoint)
-    if job_config.compile.enable and "model" in job_config.compile.components:
+    if compiles_blocks(job_config):
         apply_compile(model, job_config.compile)
     if parallel_dims.dp_enabled:
         mesh = data_parallel_mesh(parallel_dims)

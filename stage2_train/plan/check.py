@@ -20,16 +20,12 @@ import torch
 from torchtitan.config import JobConfig
 
 from stage2_train.infra.device import use_cpu_if_no_cuda
+from stage2_train.infra.parallelize import compiles_blocks
 from stage2_train.plan.sizing import GIB, PeakEnvelope, usable_bytes
 
 FITS = Path(__file__).with_name("fits.json")
 FALLBACK_MODE = "full"
 """The mode named when the config's own mode fits no batch: the least activation memory."""
-
-
-def compiles_blocks(job: JobConfig) -> bool:
-    """Per-block compile: it changes what a step saves, so plans and fits tell it apart."""
-    return job.compile.enable and "model" in job.compile.components
 
 
 def fit_key(job: JobConfig, mode: str | None = None) -> str:

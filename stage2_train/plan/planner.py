@@ -12,9 +12,8 @@ import torch
 import torch.distributed as dist
 from torchtitan.config import JobConfig
 
-from stage2_train.infra.parallelize import checkpoint_every
+from stage2_train.infra.parallelize import checkpoint_every, compiles_blocks
 from stage2_train.model.flavors import FLAVORS
-from stage2_train.plan.check import compiles_blocks
 from stage2_train.plan.memory import StepMemory
 from stage2_train.plan.probe import (
     AC_MODES,

@@ -35,9 +35,8 @@ from torchtitan.models.flux import FluxModel
 from torchtitan.tools import utils
 
 from shared import contract
-from stage2_train.infra.parallelize import parallelize_precomputed_flux
+from stage2_train.infra.parallelize import compiles_blocks, parallelize_precomputed_flux
 from stage2_train.model.flavors import FLAVORS, PrecomputedFluxArgs
-from stage2_train.plan.check import compiles_blocks
 from stage2_train.plan.memory import MemoryTimeline, StepMemory, state_tensors
 from stage2_train.step import flow_matching_batch, step_generator
 
