@@ -274,9 +274,9 @@ def test_past_the_failure_budget_the_job_ends_with_the_budget_line(slurm_cluster
 
 
 def test_a_time_limit_signal_during_start_up_ends_the_job_without_a_requeue(slurm_cluster, dataset, tmp_path):
-    """``--time=2 --signal=B:USR1@110``, and the signal sent as soon as the start's line is out (slurmctld
-    itself delivers it up to its 30 s background pass late, after this tiny run may have trained): a start
-    that trains no step is not requeued, and says why in one line with the three figures."""
+    """``--time=2 --signal=B:USR1@110``, and the signal sent as soon as the start's line is out (slurmctld's
+    own, due 10 s in, once came after this tiny run had finished): a start that trains no step is not
+    requeued, and says why in one line with the three figures."""
     dump, log = tmp_path / "run", tmp_path / "job.out"
     job = _submit(slurm_cluster, dataset, dump, log, STEPS, extra=("--checkpoint.interval", "5"),
                   sbatch_extra=("--time=2", "--signal=B:USR1@110"))
