@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine (as root) to run the tests and the demo; idempotent and fast when
 # everything is already there:
-#   1. Slurm + munge packages for the local test cluster (scripts/local_slurm.sh install), and strace
-#      (tests/test_crash_consistency.py reads the order of a Stage 1 run's fsyncs and renames)
+#   1. Slurm + munge packages for the local test cluster (scripts/local_slurm.sh install), strace
+#      (tests/test_crash_consistency.py reads the order of a Stage 1 run's fsyncs and renames) and g++
+#      (tests/test_plan_compile.py compiles a block with Inductor, which builds C++ on a CPU)
 #   2. .venv with python3 >= 3.11
 #   3. torch, the CPU build, at the lock's version: from the PyTorch CPU wheel index when it is reachable,
 #      otherwise from the configured index (PyPI) by name, which is the CPU build only where that index
@@ -20,10 +21,13 @@ STAMP=.venv/.setup-done   # holds the hash of what was installed last time
 
 step "Slurm + munge"
 bash scripts/local_slurm.sh install
-if ! command -v strace >/dev/null; then
-    step "strace"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null; } ||
-        die "installing strace failed (needs root)"
+missing=()
+command -v strace >/dev/null || missing+=(strace)
+command -v g++ >/dev/null || missing+=(g++)
+if ((${#missing[@]})); then
+    step "${missing[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } ||
+        die "installing ${missing[*]} failed (needs root)"
 fi
 
 step "Python venv (.venv)"
