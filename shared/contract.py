@@ -36,6 +36,9 @@ grouped into Zarr shards of ``samples_per_shard`` samples so a parallel filesyst
 files. Every chunk carries a CRC32C, so a flipped byte fails the read of that sample instead of
 training on garbage. The store's root attributes record its sample count, skips by reason and a
 SHA-256 per array; a store appears under its final name only after it was verified (atomic rename).
+
+*Compact text* (opt-in, ``Identity.text_mode``): masked T5 over real tokens only; ``t5`` rows from
+``t5_length`` on are zero (compressed away; a sample stays one chunk), and Stage 2 masks them out.
 """
 
 from __future__ import annotations
@@ -71,13 +74,14 @@ STORAGE_DTYPES = ("bfloat16", "float32")
 # Array names: the only place they are spelled (``array_specs`` says what each holds).
 T5, CLIP, AE_MEAN, AE_LOGVAR = "t5", "clip", "ae_mean", "ae_logvar"
 KEY, CAPTION, ORIGINAL_SIZE, CROP_BOX = "key", "caption", "original_size", "crop_box"
-PROMPT = "prompt"
-TEXT_INDEX = "text_index"
+PROMPT, TEXT_INDEX, T5_LENGTH = "prompt", "text_index", "t5_length"
 TENSORS = (T5, CLIP, AE_MEAN, AE_LOGVAR)
 """The per-sample tensors, which are all a training step reads of a sample."""
 TEXT_TENSORS = (T5, CLIP)
 """What an image dataset reads from its text dataset."""
 IMAGE_TENSORS = (AE_MEAN, AE_LOGVAR)
+COMPACT_TEXT = "compact"
+TEXT_MODES = (COMPACT_TEXT,)  # ``Identity.text_mode``; the exact mode has none
 
 
 class ContractError(RuntimeError):
@@ -108,12 +112,16 @@ class Identity:
     text_dataset: str | None = None
     """Identity digest of the text dataset an image dataset pairs with; ``None``: the text is stored here.
     Text fields above (T5 length, widths, text encoders) are that dataset's."""
+    text_mode: str | None = None
+    """``"compact"``: masked T5, ``t5_length`` stored; ``None``: exact (left out of the dict and digest)."""
 
     def __post_init__(self) -> None:
         # JSON has no tuples: normalise so an identity equals itself after a round trip.
         object.__setattr__(self, "ae_params", json.loads(json.dumps(self.ae_params)))
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ContractError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {self.storage_dtype!r}")
+        if self.text_mode is not None and self.text_mode not in TEXT_MODES:
+            raise ContractError(f"text_mode must be one of {TEXT_MODES} or absent (exact), got {self.text_mode!r}")
         if self.image_size % self.latent_downsample:
             raise ContractError("image_size must be a multiple of the AE's downsampling factor")
 
@@ -142,10 +150,15 @@ class Identity:
         """Whether this dataset's stores hold ``t5``/``clip`` (else they live in ``text_dataset``)."""
         return self.text_dataset is None
 
+    @property
+    def compact_text(self) -> bool:
+        return self.text_mode == COMPACT_TEXT
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if self.text_dataset is None:  # a dataset that stores its text keeps the digest it always had
-            del data["text_dataset"]
+        for optional in ("text_dataset", "text_mode"):  # absent: the digest datasets always had
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod
@@ -189,7 +202,7 @@ def array_specs(identity: Identity) -> dict[str, ArraySpec]:
     def tensor(name: str, shape: tuple[int, ...]) -> ArraySpec:
         return ArraySpec(name, shape, stored, identity.storage_dtype, is_tensor=True)
 
-    text = [tensor(T5, (identity.t5_max_length, identity.t5_dim)), tensor(CLIP, (identity.clip_dim,))]
+    text = list(text_specs(identity).values())
     paired = [ArraySpec(TEXT_INDEX, (), "int64", "int64")]
     specs = [
         *(text if identity.stores_text else paired),
@@ -207,10 +220,13 @@ def text_specs(identity: Identity) -> dict[str, ArraySpec]:
     """``t5`` and ``clip`` as stored under ``identity`` (or under its text dataset's, which has the same
     text fields and storage dtype)."""
     stored = "uint16" if identity.storage_dtype == "bfloat16" else "float32"
-    return {
-        T5: ArraySpec(T5, (identity.t5_max_length, identity.t5_dim), stored, identity.storage_dtype, is_tensor=True),
-        CLIP: ArraySpec(CLIP, (identity.clip_dim,), stored, identity.storage_dtype, is_tensor=True),
-    }
+    specs = [
+        ArraySpec(T5, (identity.t5_max_length, identity.t5_dim), stored, identity.storage_dtype, is_tensor=True),
+        ArraySpec(CLIP, (identity.clip_dim,), stored, identity.storage_dtype, is_tensor=True),
+    ]
+    if identity.compact_text:
+        specs.append(ArraySpec(T5_LENGTH, (), "int32", "int32"))
+    return {s.name: s for s in specs}
 
 
 def empty_prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
@@ -224,11 +240,12 @@ def prompt_specs(identity: Identity) -> dict[str, ArraySpec]:
 
 
 TEXT_ENCODERS = ("t5", "clip", "t5_tokenizer", "clip_tokenizer")
-TEXT_FIELDS = ("t5_max_length", "t5_dim", "clip_dim")
+TEXT_FIELDS = ("t5_max_length", "t5_dim", "clip_dim", "text_mode")
 
 
 ARRAY_DOCS = {
-    T5: "T5 last_hidden_state over all max_length positions (no attention mask, as TorchTitan)",
+    T5: "T5 last_hidden_state over all max_length positions (no mask, as TorchTitan; compact: masked, zero padded)",
+    T5_LENGTH: "compact text: real T5 tokens of the caption (EOS included, at most max_length)",
     CLIP: "CLIP-L pooler_output over 77 tokens",
     AE_MEAN: "AE encoder posterior mean, before scale/shift",
     AE_LOGVAR: "AE encoder posterior log-variance",
