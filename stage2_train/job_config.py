@@ -101,6 +101,10 @@ class Stage2:
     fsdp_reshard_after_forward: bool = True
     """Free each block's gathered parameters after its forward (re-gather for backward): less memory,
     one more all-gather per block. False keeps them until backward (ZeRO-2-like)."""
+    text_bucket: int = 64
+    """Compact-text datasets (``Identity.text_mode``) only: each batch's T5 is cut to the smallest multiple
+    of this (at most the dataset's T5 length) holding its longest caption; the padded positions are
+    masked out of attention. Few lengths keep the compiled block graphs few; exact datasets ignore it."""
     gpu_memory_gib: float = 0.0
     """GPU memory preflight checks the step's planned peak against where it sees no GPU (a login
     node): GiB per GPU. 0: that of the GPU preflight runs on, none there: not checked. Training ignores it."""

@@ -8,7 +8,9 @@ seeded by (seed, step, data-parallel rank) — so a resumed step draws what the 
 and the online step run after ``torch.manual_seed(step_seed(...))`` sees the same numbers. With gradient
 accumulation (``accumulation.py``) micro-batch m > 0 of a step mixes m into that seed; micro-batch 0
 draws what a step without accumulation draws. Prompt
-dropout (stored empty-prompt encodings, T5 and CLIP independently) is drawn last, after t.
+dropout (stored empty-prompt encodings, T5 and CLIP independently) is drawn last, after t. Compact text
+adds a mask of the real T5 tokens (``data.compact_text``): dropout substitutes the empty prompt's too,
+and the model takes it as ``txt_mask``; the exact mode has none and calls TorchTitan's model as before.
 
 All of it runs in float32 on the training device; the model casts to its own compute dtype.
 """
@@ -23,6 +25,7 @@ from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 from torchtitan.models.flux.utils import create_position_encoding_for_latents, pack_latents
 
 from shared import contract
+from stage2_train.data.compact_text import TEXT_MASK, text_mask
 
 POSITION_DIM = 3
 """Flux's position ids are (0, row, column)."""
@@ -64,13 +67,19 @@ def drop_prompts(
     empty_prompt: dict[str, torch.Tensor],
     prob: float,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    txt_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Replace each sample's T5 and (independently) CLIP encoding by the empty prompt's with probability
-    ``prob``. Always draws, so the generator's stream does not depend on ``prob``."""
+    ``prob``; with a text mask (compact text; ``t5`` trimmed to its length) the T5 mask too. Always draws,
+    so the generator's stream does not depend on ``prob``."""
     drop = torch.rand((t5.shape[0], 2), generator=generator, device=t5.device) < prob
-    t5 = torch.where(drop[:, 0, None, None], empty_prompt[contract.T5], t5)
+    length = t5.shape[1]
+    t5 = torch.where(drop[:, 0, None, None], empty_prompt[contract.T5][:length], t5)
     clip = torch.where(drop[:, 1, None], empty_prompt[contract.CLIP], clip)
-    return t5, clip
+    if txt_mask is not None:
+        empty_mask = text_mask(empty_prompt[contract.T5_LENGTH].view(1), length)
+        txt_mask = torch.where(drop[:, 0, None], empty_mask, txt_mask)
+    return t5, clip, txt_mask
 
 
 @dataclass
@@ -84,9 +93,11 @@ class FlowMatchingBatch:
     y: torch.Tensor
     timesteps: torch.Tensor
     target: torch.Tensor
+    txt_mask: torch.Tensor | None = None
+    """Compact text: [B, L_txt] bool, True for real T5 tokens (``TextMaskedFluxModel``); exact: ``None``."""
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {
+        inputs = {
             "img": self.img,
             "img_ids": self.img_ids,
             "txt": self.txt,
@@ -94,6 +105,7 @@ class FlowMatchingBatch:
             "y": self.y,
             "timesteps": self.timesteps,
         }
+        return inputs if self.txt_mask is None else inputs | {"txt_mask": self.txt_mask}
 
 
 @torch.no_grad()
@@ -104,18 +116,25 @@ def flow_matching_batch(
     dropout_prob: float,
     generator: torch.Generator,
 ) -> FlowMatchingBatch:
-    """Stored encodings of a batch (``t5``, ``clip``, ``ae_mean``, ``ae_logvar``, on the device) -> model inputs."""
-    x = {name: tensor.float() for name, tensor in inputs.items()}
-    empty = {name: tensor.float() for name, tensor in empty_prompt.items()}
+    """Stored encodings of a batch (``t5``, ``clip``, ``ae_mean``, ``ae_logvar``, compact: ``t5_mask``; on
+    the device) -> model inputs."""
+    x = {name: tensor.float() for name, tensor in inputs.items() if name != TEXT_MASK}
+    empty = {name: tensor if name == contract.T5_LENGTH else tensor.float() for name, tensor in empty_prompt.items()}
     x0 = sample_latents(x[contract.AE_MEAN], x[contract.AE_LOGVAR], ae, generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     timesteps = torch.rand((x0.shape[0],), generator=generator, device=x0.device)
-    t5, clip = drop_prompts(x[contract.T5], x[contract.CLIP], empty, dropout_prob, generator)
-    return flow_matching_inputs(x0, noise, timesteps, t5, clip)
+    mask = inputs.get(TEXT_MASK)
+    t5, clip, mask = drop_prompts(x[contract.T5], x[contract.CLIP], empty, dropout_prob, generator, mask)
+    return flow_matching_inputs(x0, noise, timesteps, t5, clip, mask)
 
 
 def flow_matching_inputs(
-    x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, t5: torch.Tensor, clip: torch.Tensor
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    t5: torch.Tensor,
+    clip: torch.Tensor,
+    txt_mask: torch.Tensor | None = None,
 ) -> FlowMatchingBatch:
     """The online step's math once the draws are made: ``x_t = (1−t)·x0 + t·noise``, target ``noise − x0``,
     packed, with image and text position ids."""
@@ -133,4 +152,5 @@ def flow_matching_inputs(
         y=clip,
         timesteps=timesteps,
         target=pack_latents(noise - x0),
+        txt_mask=txt_mask,
     )

@@ -36,9 +36,16 @@ def tiny_identity(**changes: object) -> Identity:
 
 
 def write_tiny_dataset(
-    out: Path, stores: int = 2, samples_per_store: int = 12, samples_per_shard: int = 4, **identity_changes: object
+    out: Path,
+    stores: int = 2,
+    samples_per_store: int = 12,
+    samples_per_shard: int = 4,
+    mean_t5_tokens: float = 24.0,
+    **identity_changes: object,
 ) -> Path:
-    return write_synthetic_dataset(out, tiny_identity(**identity_changes), stores, samples_per_store, samples_per_shard)
+    """``identity_changes`` ``text_mode="compact"``: compact text, captions ``mean_t5_tokens`` long on average."""
+    identity = tiny_identity(**identity_changes)
+    return write_synthetic_dataset(out, identity, stores, samples_per_store, samples_per_shard, mean_t5_tokens=mean_t5_tokens)
 
 
 def parse_job_config(*overrides: str, config_file: Path = TINY_CONFIG):

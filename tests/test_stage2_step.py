@@ -66,7 +66,8 @@ def test_prompt_dropout_replaces_t5_and_clip_independently():
     empty = {"t5": torch.zeros(2, 3), "clip": torch.zeros(3)}
 
     def dropped(prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-        new_t5, new_clip = drop_prompts(t5, clip, empty, prob, torch.Generator().manual_seed(0))
+        new_t5, new_clip, mask = drop_prompts(t5, clip, empty, prob, torch.Generator().manual_seed(0))
+        assert mask is None
         return (new_t5.sum((1, 2)) == 0), (new_clip.sum(1) == 0)
 
     none_t5, none_clip = dropped(0.0)

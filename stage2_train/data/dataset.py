@@ -2,7 +2,8 @@
 
 One sample goes: ``EpochBatchSampler`` picks its global index → ``PrecomputedDataset`` finds its store
 and reads it through ``StoreReader`` (which checks each chunk's CRC) in a DataLoader worker →
-``collate`` stacks a batch as ``({"t5", "clip", "ae_mean", "ae_logvar"}, sample indices)`` →
+``collate`` stacks a batch as ``({"t5", "clip", "ae_mean", "ae_logvar"}, sample indices)`` (compact text:
+``t5`` trimmed and ``t5_mask`` added, ``compact_text.py``) →
 ``ElasticDataloader`` (TorchTitan's loader) prefetches it (pinned on GPU) and checkpoints the global
 sample position and the pinned stores under ``"dataloader"``. The indices travel as TorchTitan's "labels", so its token counters
 count samples.
@@ -21,12 +22,20 @@ from torchtitan.tools.logging import logger
 from shared import contract, pairing, torch_storage
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
+from stage2_train.data.compact_text import TextTrim
 from stage2_train.data.manifest import DatasetManifest, read_manifest
 
 TENSORS = contract.TENSORS
 """What a training step needs of a sample; keys, captions and crop boxes stay on disk."""
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+def as_torch(name: str, values: np.ndarray, storage_dtype: str) -> torch.Tensor:
+    """A stored array as a tensor: encodings in their logical dtype, ``t5_length`` as int64."""
+    if name == contract.T5_LENGTH:
+        return torch.from_numpy(np.asarray(values, dtype=np.int64))
+    return torch_storage.from_storage(values, storage_dtype)
 
 
 class PrecomputedDataset(Dataset):
@@ -45,7 +54,9 @@ class PrecomputedDataset(Dataset):
         self.on_corrupt = on_corrupt
         self.skipped = 0
         """Unreadable samples (and stores) this process left out, under ``on_corrupt = "skip"``."""
-        self.specs = {name: contract.array_specs(identity)[name] for name in self.reads}
+        own = (*self.reads, contract.T5_LENGTH) if identity.compact_text and identity.stores_text else self.reads
+        self.specs = {name: contract.array_specs(identity)[name] for name in own}
+        """What is read of a sample from its own store (compact text adds ``t5_length``)."""
         if manifest is None:
             manifest = read_manifest(root, identity)
         for problem in manifest.unreadable:
@@ -95,13 +106,13 @@ class PrecomputedDataset(Dataset):
         except OSError as exc:  # the store vanished or its metadata broke after start-up
             self._corrupt(ContractError(f"{self.stores[store]}: {exc}"))
             return None
-        sample: dict[str, Any] = {n: torch_storage.from_storage(a, self.identity.storage_dtype) for n, a in arrays.items()}
+        sample: dict[str, Any] = {n: as_torch(n, a, self.identity.storage_dtype) for n, a in arrays.items()}
         sample["index"] = index
         return sample
 
     def read(self, store: int, local: int) -> dict[str, np.ndarray]:
-        """The stored ``TENSORS`` of one sample."""
-        return self._reader(store).read(local, TENSORS)
+        """The stored ``TENSORS`` of one sample (compact text: and its ``t5_length``)."""
+        return self._reader(store).read(local, tuple(self.specs))
 
     def _reader(self, store: int) -> StoreReader:
         if store not in self._readers:
@@ -119,21 +130,24 @@ class PrecomputedDataset(Dataset):
         logger.warning(f"skipping unreadable data (stage2.on_corrupt = skip; {self.skipped} skipped so far): {exc}")
 
 
-def collate(samples: list[dict[str, Any] | None]) -> Batch:
-    """Stack the readable samples of a batch; labels are their global indices."""
+def collate(samples: list[dict[str, Any] | None], text_trim: TextTrim = TextTrim()) -> Batch:
+    """Stack the readable samples of a batch; labels are their global indices. Compact text (samples
+    carrying ``t5_length``): ``t5`` trimmed and ``t5_mask`` added by ``text_trim``."""
     readable = [s for s in samples if s is not None]
     if not readable:
         raise ContractError(f"all {len(samples)} samples of a batch were unreadable; the dataset is badly damaged")
     inputs = {name: torch.stack([s[name] for s in readable]) for name in TENSORS}
+    if contract.T5_LENGTH in readable[0]:
+        inputs |= text_trim(inputs[contract.T5], torch.stack([s[contract.T5_LENGTH] for s in readable]))
     return inputs, torch.tensor([s["index"] for s in readable], dtype=torch.int64)
 
 
 def load_empty_prompt(root: str | Path, identity: Identity) -> dict[str, torch.Tensor]:
-    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings, made by the dataset's encoders (an
-    image dataset's are its text dataset's)."""
+    """The empty caption's ``t5`` [L, D] and ``clip`` [D] encodings (compact text: and its ``t5_length``),
+    made by the dataset's encoders (an image dataset's are its text dataset's)."""
     if not identity.stores_text:
         root = pairing.locate_text_dataset(root)
         identity = contract.read_identity(root)
     specs = contract.empty_prompt_specs(identity)
     arrays = StoreReader(Path(root) / contract.EMPTY_PROMPT_STORE, identity, specs).read(0)
-    return {name: torch_storage.from_storage(a, identity.storage_dtype) for name, a in arrays.items()}
+    return {name: as_torch(name, a, identity.storage_dtype) for name, a in arrays.items()}

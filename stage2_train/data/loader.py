@@ -6,9 +6,10 @@ build on the dataset without an import circle: dataset <- paired, elastic_loader
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torchtitan.config import JobConfig
@@ -17,7 +18,8 @@ from torchtitan.tools.logging import logger
 
 from shared import contract
 from shared.contract import Identity
-from stage2_train.data.dataset import PrecomputedDataset, collate
+from stage2_train.data.compact_text import TextTrim
+from stage2_train.data.dataset import Batch, PrecomputedDataset, collate, load_empty_prompt
 from stage2_train.data.elastic_loader import ElasticDataloader
 from stage2_train.data.extent import check_dataset_extent
 from stage2_train.data.identity_check import check_identity
@@ -61,7 +63,7 @@ def build_precomputed_dataloader(
     )
     logger.info(
         f"dataset {root}: {len(dataset):,} samples in {len(dataset.stores)} committed stores, "
-        f"{sampler.batches_per_epoch:,} steps per epoch"
+        f"{sampler.batches_per_epoch:,} steps per epoch; {text_mode_line(identity, job_config.stage2.text_bucket)}"
     )
     return ElasticDataloader(
         dataset,
@@ -69,9 +71,26 @@ def build_precomputed_dataloader(
         dp_rank,
         dp_world_size,
         job_config.stage2.dataset_refresh,
-        collate_fn=collate,
+        collate_fn=batch_collate(root, identity, job_config.stage2.text_bucket),
         **loader_options(job_config.training.dataloader),
     )
+
+
+def batch_collate(root: Path, identity: Identity, text_bucket: int) -> Callable[[list], Batch]:
+    """``collate``; on compact text trimming each batch to ``text_bucket`` multiples that hold the empty
+    prompt too (prompt dropout may substitute it in any row)."""
+    if not identity.compact_text:
+        return collate
+    empty_length = int(load_empty_prompt(root, identity)[contract.T5_LENGTH])
+    return functools.partial(collate, text_trim=TextTrim(text_bucket, empty_length))
+
+
+def text_mode_line(identity: Identity, text_bucket: int) -> str:
+    """Which text the run trains on, for its log."""
+    if identity.compact_text:
+        return (f"compact text: T5 cut per batch to multiples of {text_bucket} up to {identity.t5_max_length} "
+                "tokens, padded positions masked out of attention")
+    return f"exact text: {identity.t5_max_length} padded T5 tokens, no attention mask (TorchTitan's online math)"
 
 
 def training_manifest(job_config: JobConfig, root: Path, identity: Identity) -> DatasetManifest:

@@ -3,19 +3,23 @@ schnell for benchmarks.
 
 The flavors are ``PrecomputedFluxArgs``: TorchTitan's ``FluxModelArgs`` that also know the sequence a
 training sample makes (image patches + T5 positions), so TorchTitan's metrics get a FLOP count per
-sample (0.2.2 has none for Flux) and report MFU.
+sample (0.2.2 has none for Flux) and report MFU — and whether the dataset's text is compact, which picks
+the model (``masked_attention.build_flux_model``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 from torchtitan.config import JobConfig
 from torchtitan.models.flux import flux_args
 from torchtitan.models.flux.model.args import FluxModelArgs
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
+
+from shared import contract
 
 from stage2_train.model.flops import flux_training_flops_per_sample, image_tokens
 
@@ -25,14 +29,22 @@ LATENT_PATCH = 2
 
 @dataclass
 class PrecomputedFluxArgs(FluxModelArgs):
-    """``FluxModelArgs`` plus the per-sample sequence, filled from the job config."""
+    """``FluxModelArgs`` plus the per-sample sequence and the text mode, filled from the job config."""
 
     image_size: int = 256
     text_tokens: int = 256
+    """T5 positions per sample; the FLOP count (and MFU) counts them all, also for compact text."""
+    compact_text: bool = False
+    """The training dataset's text is compact (``Identity.text_mode``): the model masks padded T5 keys."""
 
     def update_from_config(self, job_config: JobConfig, **kwargs) -> None:
         self.image_size = job_config.training.img_size
         self.text_tokens = job_config.encoder.max_t5_encoding_len
+        # The trainer's data loader has opened the dataset already (or refused); a plan may have none.
+        dataset = job_config.training.dataset_path
+        self.compact_text = (
+            bool(dataset) and Path(dataset, contract.DATASET_FILE).is_file() and contract.read_identity(dataset).compact_text
+        )
 
     def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
         """Parameters and training FLOPs per *sample*: Stage 2 counts samples where TorchTitan counts

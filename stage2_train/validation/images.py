@@ -27,6 +27,7 @@ from shared import contract
 from shared.atomic import atomic_write
 from shared.contract import Identity
 from shared.latent_grid import ae_assets_dir, decode_latents, grid_image, load_dataset_ae
+from stage2_train.data.compact_text import text_mask
 from stage2_train.validation.prompt_set import PromptSet
 from stage2_train.validation.sampling import denoise, prompt_noise
 
@@ -68,8 +69,16 @@ class ImageSampler:
                 self.prompt_set.empty[contract.T5].to(device).expand(n, -1, -1),
                 self.prompt_set.empty[contract.CLIP].to(device).expand(n, -1),
             )
+        masks = None
+        if self.prompt_set.t5_length is not None:  # compact text
+            length = self.prompt_set.t5.shape[1]
+            empty_length = self.prompt_set.empty[contract.T5_LENGTH].view(1).expand(len(self.mine))
+            masks = (
+                text_mask(self.prompt_set.t5_length[self.mine], length).to(device),
+                text_mask(empty_length, length).to(device),
+            )
         with context():
-            latents = denoise(model, noise, t5, clip, self.steps, empty, self.guidance_scale).float()
+            latents = denoise(model, noise, t5, clip, self.steps, empty, self.guidance_scale, masks).float()
         if self.world > 1:
             shares = [torch.empty_like(latents) for _ in range(self.world)]
             dist.all_gather(shares, latents)

@@ -5,7 +5,7 @@ Here the inputs are what Stage 1 stored for a validation dataset encoded like th
 nothing is random between calls: validation sample ``i`` is seen at timestep
 ``STRATIFIED_TIMESTEPS[i % 8]`` (TorchTitan's round robin; all eight with ``validation.all_timesteps``),
 with ε (the AE posterior sample) and noise from a generator seeded by (``validation.seed``, i, timestep),
-and without prompt dropout. The loss is the training loss's math — squared error summed over every
+and without prompt dropout (compact text: batches trimmed and masked as in training). The loss is the training loss's math — squared error summed over every
 rank's items, divided by their latent count — so a curve is comparable across runs, resumes and world
 sizes (the items change only with ``validation.steps`` x global batch, or by the < world-size samples a
 split drops).
@@ -14,6 +14,7 @@ split drops).
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable
 
 import torch
@@ -26,6 +27,7 @@ from torchtitan.distributed import utils as dist_utils
 from torchtitan.models.flux.model.autoencoder import AutoEncoderParams
 
 from shared import contract
+from stage2_train.data.compact_text import TEXT_MASK, TextTrim
 from stage2_train.data.dataset import PrecomputedDataset, collate
 from stage2_train.data.loader import loader_options
 from stage2_train.step import FlowMatchingBatch, flow_matching_inputs, latents_from_moments, mixed_seed
@@ -63,7 +65,7 @@ def validation_batch(
     inputs: dict[str, torch.Tensor], samples: torch.Tensor, ae: AutoEncoderParams, seed: int, all_timesteps: bool
 ) -> FlowMatchingBatch:
     """Stored encodings of validation ``samples`` (global indices; tensors on the device) -> model inputs."""
-    x = {name: tensor.float() for name, tensor in inputs.items()}
+    x = {name: tensor.float() for name, tensor in inputs.items() if name != TEXT_MASK}
     device = x[contract.AE_MEAN].device
     if all_timesteps:
         rows = torch.arange(len(samples)).repeat_interleave(len(STRATIFIED_TIMESTEPS))
@@ -75,7 +77,8 @@ def validation_batch(
     rows = rows.to(device)
     x0 = latents_from_moments(x[contract.AE_MEAN][rows], x[contract.AE_LOGVAR][rows], ae, eps.to(device))
     timesteps = torch.tensor(STRATIFIED_TIMESTEPS, device=device)[timestep_ids.to(device)]
-    return flow_matching_inputs(x0, noise.to(device), timesteps, x[contract.T5][rows], x[contract.CLIP][rows])
+    mask = inputs[TEXT_MASK][rows] if TEXT_MASK in inputs else None
+    return flow_matching_inputs(x0, noise.to(device), timesteps, x[contract.T5][rows], x[contract.CLIP][rows], mask)
 
 
 class ValidationLoss:
@@ -88,7 +91,10 @@ class ValidationLoss:
         batches = rank_batches(len(dataset), config.local_batch_size, config.steps, dp_rank, dp_world_size)
         self.num_samples = sum(map(len, batches)) * dp_world_size
         self.loader = DataLoader(
-            dataset, batch_sampler=batches, collate_fn=collate, **loader_options(config.dataloader)
+            dataset,
+            batch_sampler=batches,
+            collate_fn=functools.partial(collate, text_trim=TextTrim(job_config.stage2.text_bucket)),
+            **loader_options(config.dataloader),
         )
 
     @torch.no_grad()

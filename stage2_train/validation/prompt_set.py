@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from shared import contract, pairing, torch_storage
+from shared import contract, pairing
 from shared.contract import ContractError, Identity
 from shared.store import StoreReader
-from stage2_train.data.dataset import load_empty_prompt
+from stage2_train.data.dataset import as_torch, load_empty_prompt
 
 
 @dataclass
@@ -24,7 +24,9 @@ class PromptSet:
     clip: torch.Tensor
     """[n, D] float32"""
     empty: dict[str, torch.Tensor]
-    """The empty prompt's ``t5`` [L, D] and ``clip`` [D], float32."""
+    """The empty prompt's ``t5`` [L, D] and ``clip`` [D], float32 (compact text: its ``t5_length`` too)."""
+    t5_length: torch.Tensor | None = None
+    """Compact text: [n] real T5 tokens of each prompt (the model masks the rest); exact: ``None``."""
 
 
 def load_prompt_set(root: str | Path, training: Identity, count: int) -> PromptSet:
@@ -42,7 +44,9 @@ def load_prompt_set(root: str | Path, training: Identity, count: int) -> PromptS
     rows = [reader.read(i) for i in range(len(reader) if count == -1 else min(count, len(reader)))]
 
     def stacked(name: str) -> torch.Tensor:
-        return torch.stack([torch_storage.from_storage(row[name], identity.storage_dtype) for row in rows]).float()
+        return torch.stack([as_torch(name, row[name], identity.storage_dtype) for row in rows])
 
-    empty = {name: tensor.float() for name, tensor in load_empty_prompt(root, identity).items()}
-    return PromptSet([str(row["prompt"]) for row in rows], stacked(contract.T5), stacked(contract.CLIP), empty)
+    empty = {name: t if name == contract.T5_LENGTH else t.float() for name, t in load_empty_prompt(root, identity).items()}
+    t5_length = stacked(contract.T5_LENGTH) if identity.compact_text else None
+    prompts = [str(row["prompt"]) for row in rows]
+    return PromptSet(prompts, stacked(contract.T5).float(), stacked(contract.CLIP).float(), empty, t5_length)
