@@ -175,8 +175,11 @@ def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
     image fields, storage dtype and the encoders' compute dtype, which a prompt set (conditioning
     for sample images, never trained on) may be made with on another kind of node.
     """
-    mine, theirs = identity.to_dict(), other.to_dict()
-    differences = [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in contract.TEXT_FIELDS if mine[k] != theirs[k]]
+    differences = [
+        f"{k}: {getattr(identity, k)!r} != {getattr(other, k)!r}"
+        for k in contract.TEXT_FIELDS
+        if getattr(identity, k) != getattr(other, k)
+    ]  # attributes, not to_dict(): it leaves out an exact dataset's text_mode
     differences += [
         f"encoders.{k}: {identity.encoders.get(k)!r} != {other.encoders.get(k)!r}"
         for k in contract.TEXT_ENCODERS

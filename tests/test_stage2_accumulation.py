@@ -54,7 +54,8 @@ def _optimizer(model: torch.nn.Module, config) -> tuple:
 
 def _cat(batches: list[FlowMatchingBatch]) -> FlowMatchingBatch:
     fields = batches[0].__dataclass_fields__
-    return FlowMatchingBatch(**{name: torch.cat([getattr(b, name) for b in batches]) for name in fields})
+    parts = {name: [getattr(b, name) for b in batches] for name in fields}
+    return FlowMatchingBatch(**{name: None if values[0] is None else torch.cat(values) for name, values in parts.items()})
 
 
 def test_two_micro_batches_train_what_one_batch_of_both_trains(one_rank_group, tmp_path):
