@@ -27,7 +27,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 def test_cpu_smoke_times_both_trainers_and_reports(tmp_path):
     out = tmp_path / "figures.jsonl"
     smoke = ("--device", "cpu", "--steps", str(STEPS), "--warmup", "1", "--samples", "16", "--compile-backend", "eager")
-    variants = "online,bf16,bf16_accum4"
+    variants = "online,bf16,bf16_accum4,bf16_compact"
     result = _bench("timed", "--variants", variants, "--batch", "4", *smoke, "--workdir", str(tmp_path / "work"), "--out", str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     figures = {r["figure"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -46,6 +46,8 @@ def test_cpu_smoke_times_both_trainers_and_reports(tmp_path):
     assert mfu["value"] == pytest.approx(expected_mfu, abs=0.006)  # recorded to 2 decimals
     log = (tmp_path / "work" / "logs" / "bf16_accum4-256px-b4.log").read_text()
     assert "global batch size 16, gradient accumulation steps 4" in log
+    assert figures["bf16_compact.samples_per_s_per_gpu"]["text"] == "compact"
+    assert "compact text: T5 cut per batch" in (tmp_path / "work" / "logs" / "bf16_compact-256px-b4.log").read_text()
     report = _bench("report", str(out), "--batch", "4")
     assert report.returncode == 0, report.stderr[-4000:]
     assert "bf16_vs_online_equal_batch" in report.stdout

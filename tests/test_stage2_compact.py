@@ -202,8 +202,10 @@ def _ok(result):
 
 def test_a_compact_run_trains_checkpoints_and_resumes_with_the_same_losses(compact_root, tmp_path):
     """(c) torchrun, FSDP over 2 ranks, every block checkpointed (AC recompute with the mask), 8 steps;
-    a second run from the step-4 checkpoint trains steps 5-8 on the same samples to the same losses."""
-    overrides = ("--training.steps", "8", "--activation_checkpoint.mode", "full", *CHECKPOINTED, *SHARD_2)
+    a second run from the step-4 checkpoint trains steps 5-8 on the same samples to the same losses, and
+    one process (batch 8) resumed from it trains each step's global batch (other draws: losses differ)."""
+    common = ("--training.steps", "8", "--activation_checkpoint.mode", "full", *CHECKPOINTED)
+    overrides = (*common, *SHARD_2)
     whole = tmp_path / "whole"
     result = _ok(run_stage2(2, compact_root, whole, *overrides))
     assert "compact text: T5 cut per batch to multiples of 64 up to 256 tokens" in result.stdout + result.stderr
@@ -216,3 +218,10 @@ def test_a_compact_run_trains_checkpoints_and_resumes_with_the_same_losses(compa
         assert sorted(got) == [5, 6, 7, 8]
         for step in got:
             assert got[step]["samples"] == want[step]["samples"] and got[step]["loss"] == want[step]["loss"], step
+
+    one = tmp_path / "one"
+    shutil.copytree(whole / "checkpoint" / "step-4", one / "checkpoint" / "step-4")
+    _ok(run_stage2(1, compact_root, one, "--training.local_batch_size", "8", *common))
+    got = read_ledger(one / "ledger" / "rank_0.jsonl")
+    ranks = [read_ledger(whole / "ledger" / f"rank_{rank}.jsonl") for rank in range(2)]
+    assert {step: got[step]["samples"] for step in got} == {s: ranks[0][s]["samples"] + ranks[1][s]["samples"] for s in range(5, 9)}

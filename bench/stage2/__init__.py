@@ -6,6 +6,7 @@
     python -m bench.stage2 report R.jsonl [--out R.jsonl]   # table, speed-ups, FP8 fidelity, targets
     python -m bench.stage2 timed --device cpu --variants online,bf16 --steps 3              # CPU smoke
     python -m bench.stage2 timed --image-size 512 --variants online,bf16 --batch 16 ...    # 512 px (default 256)
+    python -m bench.stage2 timed --variants bf16,bf16_compact --mean-t5-tokens 32 ...      # compact text vs exact
 
 Every run is the trainer's own entry point under torchrun, one process per (variant, batch): Stage 2 with
 ``configs/flux_schnell.toml`` plus command-line overrides, the stock trainer (``bench.stage2.online``)

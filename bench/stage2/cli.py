@@ -58,8 +58,9 @@ class Bench:
     def run(self, variant: Variant, batch: int, steps: int) -> dict[str, Any]:
         """One run of ``variant``; its figures emitted; its summary returned."""
         size = self.args.image_size
+        mean_t5_tokens = self.args.mean_t5_tokens if variant.text == "compact" else None
         data = (online_inputs(self.workdir / "data", self.args.samples, self.cpu, size) if variant.online
-                else stage1_dataset(self.workdir / "data", self.flavor, self.args.samples, size))  # fmt: skip
+                else stage1_dataset(self.workdir / "data", self.flavor, self.args.samples, size, mean_t5_tokens))  # fmt: skip
         job = runs.Job(variant, self.flavor, batch, steps, size, self.args.seed, self.args.compile_backend, tuple(self.args.trainer_args.split()))
         log(f"{variant.name} batch {batch}, {steps} steps ...")
         outcome = runs.run(job, data, self.workdir, self.args.run_timeout_s, self.cpu)
@@ -69,7 +70,8 @@ class Bench:
             + f" (log {outcome.log})")  # fmt: skip
         extra = {"variant": variant.name, "description": variant.description, "batch": batch, "steps": steps, "warmup_steps": self.args.warmup,
                  "trainer": variant.trainer, "activation_checkpointing": variant.ac, "compile_blocks": variant.compile_blocks,
-                 "float8": variant.float8, "micro_batches": variant.micro_batches, "process_wall_s": s["process_wall_s"]}  # fmt: skip
+                 "float8": variant.float8, "micro_batches": variant.micro_batches, "process_wall_s": s["process_wall_s"],
+                 "text": variant.text, "mean_t5_tokens": mean_t5_tokens}  # fmt: skip
         if "samples_per_s" not in s:
             self.fig(f"{variant.name}.status", s["status"], "", reason=s["reason"], **extra)
             return s
@@ -125,6 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         c.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing (compilation)")
         c.add_argument("--samples", type=int, default=256, help="samples in the inputs (at least the largest batch)")
         c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--mean-t5-tokens", type=float, default=32.0,
+                       help="compact-text variants (bf16_compact): the synthetic captions' mean T5 length, EOS included "
+                            "(exponential, capped at 256); measure your data's with inspect before trusting a speed-up")  # fmt: skip
         c.add_argument("--compile-backend", default="inductor")
         c.add_argument("--run-timeout-s", type=float, default=600.0)
         c.add_argument("--workdir", type=Path, default=Path("/tmp/stage2_bench"))

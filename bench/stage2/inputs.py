@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fixtures.sample_data import write_sample_tars
 from fixtures.synthetic import schnell_identity, write_synthetic_dataset
+from shared import contract
 from stage2_train.model.flavors import FLAVORS
 
 T5_XXL = {
@@ -73,15 +74,19 @@ def online_inputs(root: Path, samples: int, tiny: bool, image_size: int) -> Onli
     return OnlineInputs(tars, tokenizer, t5, clip)
 
 
-def stage1_dataset(root: Path, flavor: str, samples: int, image_size: int) -> Path:
-    """A Stage 1 dataset for ``flavor`` at ``image_size`` (bf16 storage, as configs/encode_cc12m.toml writes)."""
-    identity = dataclasses.replace(schnell_identity("bfloat16"), image_size=image_size)
+def stage1_dataset(root: Path, flavor: str, samples: int, image_size: int, mean_t5_tokens: float | None = None) -> Path:
+    """A Stage 1 dataset for ``flavor`` at ``image_size`` (bf16 storage, as configs/encode_cc12m.toml writes);
+    with ``mean_t5_tokens`` a compact-text one whose captions are that long on average."""
+    text_mode = None if mean_t5_tokens is None else contract.COMPACT_TEXT
+    identity = dataclasses.replace(schnell_identity("bfloat16", text_mode), image_size=image_size)
     if flavor == "flux-tiny":
         args = FLAVORS[flavor]
         identity = dataclasses.replace(identity, t5_dim=args.context_in_dim, clip_dim=args.vec_in_dim,
                                        ae_params=dataclasses.asdict(args.autoencoder_params))  # fmt: skip
     stores = 4
-    return _once(root / f"stage1-{flavor}-{image_size}px-{samples}", lambda out: write_synthetic_dataset(out, identity, stores, -(-samples // stores)))
+    name = f"stage1-{flavor}-{image_size}px-{samples}" + ("" if mean_t5_tokens is None else f"-compact{mean_t5_tokens:g}")
+    compact = {} if mean_t5_tokens is None else {"mean_t5_tokens": mean_t5_tokens}
+    return _once(root / name, lambda out: write_synthetic_dataset(out, identity, stores, -(-samples // stores), **compact))
 
 
 def write_tokenizer(out: Path, captions: list[str]) -> None:

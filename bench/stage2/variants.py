@@ -20,6 +20,8 @@ class Variant:
     float8: bool = False
     micro_batches: int = 1
     """Forward/backward micro-batches of the run's batch per optimizer step (gradient accumulation)."""
+    text: str = "exact"
+    """"compact": trains on a compact-text dataset (T5 cut per batch, padded keys masked; ``--mean-t5-tokens``)."""
     description: str = ""
 
     @property
@@ -47,6 +49,8 @@ VARIANTS = {
                 description="stage2_train, blocks compiled, no AC, bf16, 4 micro-batches per optimizer step"),
         Variant("bf16_accum8", "ours", "none", micro_batches=8,
                 description="stage2_train, blocks compiled, no AC, bf16, 8 micro-batches per optimizer step"),
+        Variant("bf16_compact", "ours", "none", text="compact",
+                description="stage2_train, blocks compiled, no AC, bf16, compact text (T5 cut to 64-multiples, masked)"),
         Variant("bf16_ac", "ours", "full", description="stage2_train, blocks compiled, full AC"),
         Variant("bf16_eager", "ours", "none", compile_blocks=False,
                 description="stage2_train, eager (no compile), no AC: what the planner's fake-tensor step models"),

@@ -89,7 +89,7 @@ def text_mode_line(identity: Identity, text_bucket: int) -> str:
     """Which text the run trains on, for its log."""
     if identity.compact_text:
         return (f"compact text: T5 cut per batch to multiples of {text_bucket} up to {identity.t5_max_length} "
-                "tokens, padded positions masked out of attention")
+                f"tokens, padded positions masked out of attention (MFU still counts {identity.t5_max_length})")
     return f"exact text: {identity.t5_max_length} padded T5 tokens, no attention mask (TorchTitan's online math)"
 
 
