@@ -15,17 +15,18 @@ Laid out as TorchTitan's flux folder is: the entry, the trainer and the step at 
     preflight            ``python -m stage2_train.preflight``: GPUs, network, dataset and checkpoint space
     refusals             requests a run cannot carry out, one line each: preflight and the trainer ask them
 
-    model/       flavors (shapes) · flops (training FLOPs per sample) · float8 (the FP8 converter)
+    model/       flavors (shapes) · flops (training FLOPs per sample) · float8 (the FP8 converter) ·
+                 masked_attention (compact text: padded T5 keys masked in TorchTitan's blocks)
     infra/       parallelize (AC, per-block compile, FSDP2/HSDP) · device (CPU without CUDA) ·
                  stop_request (agreed stop on a signal) · accumulation (micro-batches per step) ·
                  liveness (per-rank heartbeat, exit record) · failure_budget (who ended a start; requeue
                  or stop: budget, a repeated failure, no progress) · slurm_job (scontrol's view of the job;
                  preflight's time-limit row)
-    data/        dataset (samples, collate, empty prompt) · paired (ladder datasets) · sampler (global,
-                 elastic order) · elastic_loader (its checkpointed state, pinned stores) · loader (opening
-                 a dataset, building the loader) · manifest (the stores, read on rank 0 and broadcast) ·
-                 extent (refusing an unfinished dataset) · identity_check · ledger (per-step record of samples
-                 and loss)
+    data/        dataset (samples, collate, empty prompt) · compact_text (T5 cut per batch, its mask) ·
+                 paired (ladder datasets) · sampler (global, elastic order) · elastic_loader (its
+                 checkpointed state, pinned stores) · loader (opening a dataset, building the loader) ·
+                 manifest (the stores, read on rank 0 and broadcast) · extent (refusing an unfinished
+                 dataset) · identity_check · ledger (per-step record of samples and loss)
     validation/  validator · loss (held-out loss, stratified timesteps) · prompt_set / sampling / images
                  (stored prompt encodings -> denoise -> AE decoder -> PNG grid)
     monitor/     metrics (samples/s, MFU, data wait, memory) · rank_log (every rank's peak memory and

@@ -34,6 +34,8 @@ from stage2_train.model.flavors import FLAVORS
 from stage2_train.model.masked_attention import TextMaskedFluxModel
 from stage2_train.step import drop_prompts
 from stage2_train.trainer import PrecomputedFluxTrainer
+from stage2_train.validation.loss import ValidationLoss
+from stage2_train.validation.sampling import denoise
 
 TINY = FLAVORS["flux-tiny"]
 COMPACT = {"text_mode": contract.COMPACT_TEXT}
@@ -189,6 +191,28 @@ def test_masked_blocks_compile_whole_and_checkpoint_with_a_new_mask_each_call():
             apply_compile(model, Compile(enable=True, backend="aot_eager"))
         for (out, grads), (want_out, want_grads) in zip(run(model), reference):
             assert torch.allclose(out, want_out, rtol=1e-5, atol=1e-6) and _max_rel(grads, want_grads) < 1e-5
+
+
+def test_validation_loss_and_sampling_apply_the_masks(compact_root):
+    """The held-out loss on trimmed batches is the loss on full-length masked ones; sampling with guidance
+    ignores T5 rows past each prompt's (and the empty prompt's) length."""
+    model = masked_model().eval()
+    ae = TINY.autoencoder_params
+    losses = []
+    for bucket in ("64", "256"):
+        config = parse_job_config("--training.dataset_path", str(compact_root), "--stage2.text_bucket", bucket)
+        dataset = precomputed_dataset(*open_dataset(config), "fail")
+        losses.append(ValidationLoss(dataset, config, 0, 1)(model, ae, torch.device("cpu"), build_mse_loss(config)))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+    gen = torch.Generator().manual_seed(0)
+    noise, t5, clip = torch.randn(2, 16, 32, 32, generator=gen), torch.randn(2, 256, 32, generator=gen), torch.randn(2, 32)
+    empty = (torch.randn(2, 256, 32, generator=gen), torch.randn(2, 32, generator=gen))
+    masks = (torch.arange(256)[None] < torch.tensor([[5], [40]]), torch.arange(256)[None].expand(2, -1) < 1)
+    images = denoise(model, noise, t5, clip, 2, empty, 5.0, masks)
+    t5[:, 40:], empty[0][:, 1:] = 7.0, -7.0
+    assert torch.equal(images, denoise(model, noise, t5, clip, 2, empty, 5.0, masks))
+    assert not torch.allclose(images, denoise(model, noise, t5, clip, 2, empty, 5.0, (torch.ones_like(masks[0]),) * 2))
 
 
 CHECKPOINTED = ("--checkpoint.enable", "--checkpoint.interval", "4", "--stage2.sample_ledger")
