@@ -50,12 +50,7 @@ def paired_text_fields(text_identity: Identity) -> dict[str, Any]:
     """The ``Identity`` fields an image dataset takes from its text dataset (its text is that one's)."""
     if not text_identity.stores_text:
         raise PairingError("the text dataset is itself an image dataset (made with --text-from); pair with its text dataset")
-    return {
-        "t5_max_length": text_identity.t5_max_length,
-        "t5_dim": text_identity.t5_dim,
-        "clip_dim": text_identity.clip_dim,
-        "text_dataset": text_identity.digest(),
-    }
+    return {field: getattr(text_identity, field) for field in contract.TEXT_FIELDS} | {"text_dataset": text_identity.digest()}
 
 
 def text_encoder_hashes(text_identity: Identity) -> dict[str, dict[str, str]]:

@@ -38,7 +38,7 @@ class PairedDataset(PrecomputedDataset):
     def read(self, store: int, local: int) -> dict[str, np.ndarray]:
         arrays = self._reader(store).read(local, self.reads)
         row = int(arrays.pop(contract.TEXT_INDEX))
-        return arrays | self._text_reader(store).read(row, contract.TEXT_TENSORS)
+        return arrays | self._text_reader(store).read(row, tuple(self._text_specs))  # compact text: t5_length too
 
     def _text_reader(self, store: int) -> StoreReader:
         if store not in self._text_readers:
