@@ -18,6 +18,7 @@ What ties the two together, and how each tie is checked:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
     image fields, storage dtype and the encoders' compute dtype, which a prompt set (conditioning
     for sample images, never trained on) may be made with on another kind of node.
     """
-    mine, theirs = identity.to_dict(), other.to_dict()
+    mine, theirs = dataclasses.asdict(identity), dataclasses.asdict(other)  # text_mode too where to_dict omits it
     differences = [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in contract.TEXT_FIELDS if mine[k] != theirs[k]]
     differences += [
         f"encoders.{k}: {identity.encoders.get(k)!r} != {other.encoders.get(k)!r}"

@@ -169,3 +169,15 @@ def test_inspect_tokens_says_in_one_line_when_the_tokenizer_is_gone(datasets, tm
     lines = [line for line in capsys.readouterr().out.splitlines() if "T5 tokens per caption" in line]
     assert lines == [f"T5 tokens per caption: no T5 tokenizer at {tmp_path / 'gone' / 'tokenizer_2'} "
                      f"(dataset.json's assets_dir); not counted"]
+
+
+def test_the_bytes_benchmark_prices_each_real_token_and_nothing_for_the_padding(capsys):
+    from bench.compact_bytes import main as bench_main
+
+    assert bench_main(["--samples", "2", "--lengths", "1", "256"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    figures = {(r["figure"], r.get("t5_length")): r["value"] for r in records}
+    exact, short, full = figures[("exact_bytes_per_sample", None)], figures[("compact_bytes_per_sample", 1)], figures[("compact_bytes_per_sample", 256)]
+    assert full == pytest.approx(exact, rel=0.01) and short < exact / 10
+    assert figures[("compact_bytes_per_real_token", None)] == pytest.approx((full - short) / 255, rel=0.01)
+    assert all({"device", "torch", "commit", "date"} <= r.keys() for r in records)
