@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -104,6 +105,15 @@ def test_text_from_copies_the_mode_and_refuses_another(datasets, tiny_assets, tm
     with pytest.raises(Stage1Error, match="encoded with another identity") as exc:  # its text, now exact
         encode(datasets["tars"], tmp_path / "image", tiny_assets, text_from=datasets["exact"])
     assert "text_mode" in str(exc.value) and "\n" not in str(exc.value)
+    lines = [line for line in _inspect(tmp_path / "image", "--tokens").splitlines() if "T5 tokens" in line]
+    assert lines == ["T5 tokens per caption: this dataset's text is its text dataset's; inspect that one with --tokens"]
+
+
+def _inspect(dataset: Path, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert inspect_main([str(dataset), *args]) == 0
+    return out.getvalue()
 
 
 def test_a_compact_prompt_set_stores_lengths(tiny_assets, tmp_path):
@@ -128,7 +138,7 @@ def lying_copy(datasets: Path, tmp_path: Path, edit) -> Path:
 
 def test_verify_names_a_store_whose_padding_or_lengths_lie(datasets, tmp_path):
     identity = contract.read_identity(datasets["compact"])
-    assert check_store(contract.committed_store_paths(datasets["compact"])[0], identity).problems == []
+    assert "VERIFIED" in _inspect(datasets["compact"], "--verify", "--workers", "1")  # every store and the empty prompt
 
     short = int(np.flatnonzero(stored(contract.committed_store_paths(datasets["compact"])[0], contract.T5_LENGTH) < MAX_LENGTH - 1)[0])
 
