@@ -172,7 +172,8 @@ def load_tokenizers(
     """(T5 tokenizer padded to ``t5_max_length``, CLIP tokenizer padded to 77), FluxTokenizer's classes and args."""
     from transformers import CLIPTokenizer
 
-    clip = CLIPTokenizer.from_pretrained(str(Path(assets_dir) / CLIP_TOKENIZER_DIR), max_length=CLIP_TOKENS, local_files_only=True)
+    clip_dir = str(Path(assets_dir) / CLIP_TOKENIZER_DIR)
+    clip = CLIPTokenizer.from_pretrained(clip_dir, max_length=CLIP_TOKENS, local_files_only=True)
     return load_t5_tokenizer(assets_dir, t5_max_length), FixedLengthTokenizer(clip, CLIP_TOKENS)
 
 

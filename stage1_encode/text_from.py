@@ -41,7 +41,9 @@ def open_text_dataset(text_from: Path, tars: list[TarSource], storage_dtype: str
         )
     if text.identity.text_mode != text_mode:
         mode = text.identity.text_mode or "exact"
-        raise Stage1Error(f"--text-from {text_from} holds {mode} text, this config {text_mode or 'exact'}; set --text.mode {mode}")
+        raise Stage1Error(
+            f"--text-from {text_from} holds {mode} text, this config {text_mode or 'exact'}; set --text.mode {mode}"
+        )
     missing = [t.name for t in tars if not text.store_path(contract.store_name(t.name)).is_dir()]
     if missing:
         raise Stage1Error(

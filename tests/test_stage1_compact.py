@@ -80,7 +80,8 @@ def test_a_compact_run_stores_t5_length_and_zero_padding_rows(datasets, tiny_ass
 
 def test_compact_t5_takes_far_fewer_bytes_than_exact_on_the_same_tars(datasets):
     def t5_bytes(dataset: Path) -> int:
-        return sum(f.stat().st_size for s in contract.committed_store_paths(dataset) for f in (s / contract.T5).rglob("*") if f.is_file())
+        files = (f for s in contract.committed_store_paths(dataset) for f in (s / contract.T5).rglob("*"))
+        return sum(f.stat().st_size for f in files if f.is_file())
 
     exact, compact = t5_bytes(datasets["exact"]), t5_bytes(datasets["compact"])
     lengths = np.concatenate([stored(s, contract.T5_LENGTH) for s in contract.committed_store_paths(datasets["compact"])])
@@ -140,7 +141,8 @@ def test_verify_names_a_store_whose_padding_or_lengths_lie(datasets, tmp_path):
     identity = contract.read_identity(datasets["compact"])
     assert "VERIFIED" in _inspect(datasets["compact"], "--verify", "--workers", "1")  # every store and the empty prompt
 
-    short = int(np.flatnonzero(stored(contract.committed_store_paths(datasets["compact"])[0], contract.T5_LENGTH) < MAX_LENGTH - 1)[0])
+    first_store = contract.committed_store_paths(datasets["compact"])[0]
+    short = int(np.flatnonzero(stored(first_store, contract.T5_LENGTH) < MAX_LENGTH - 1)[0])
 
     def nonzero_padding(group: zarr.Group) -> None:
         group[contract.T5][short, int(group[contract.T5_LENGTH][short]) + 1, 0] = 1.0
@@ -149,7 +151,8 @@ def test_verify_names_a_store_whose_padding_or_lengths_lie(datasets, tmp_path):
         group[contract.T5_LENGTH][3] = 0
 
     problems = check_store(lying_copy(datasets["compact"], tmp_path / "a", nonzero_padding), identity).problems
-    assert any(f"t5: 1 sample(s) hold nonzero rows at or after their t5_length (first: sample {short}," in p for p in problems), problems
+    lie = f"t5: 1 sample(s) hold nonzero rows at or after their t5_length (first: sample {short},"
+    assert any(lie in p for p in problems), problems
     problems = check_store(lying_copy(datasets["compact"], tmp_path / "b", bad_length), identity).problems
     assert any(f"t5_length: 1 sample(s) outside [1, {MAX_LENGTH}] (first: sample 3, length 0)" in p for p in problems), problems
 
@@ -187,7 +190,8 @@ def test_the_bytes_benchmark_prices_each_real_token_and_nothing_for_the_padding(
     assert bench_main(["--samples", "2", "--lengths", "1", "256"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     figures = {(r["figure"], r.get("t5_length")): r["value"] for r in records}
-    exact, short, full = figures[("exact_bytes_per_sample", None)], figures[("compact_bytes_per_sample", 1)], figures[("compact_bytes_per_sample", 256)]
+    exact = figures[("exact_bytes_per_sample", None)]
+    short, full = figures[("compact_bytes_per_sample", 1)], figures[("compact_bytes_per_sample", 256)]
     assert full == pytest.approx(exact, rel=0.01) and short < exact / 10
     assert figures[("compact_bytes_per_real_token", None)] == pytest.approx((full - short) / 255, rel=0.01)
     assert all({"device", "torch", "commit", "date"} <= r.keys() for r in records)
