@@ -18,7 +18,7 @@ from shared import contract, tokens
 from shared.inspect_shards import main as inspect_main
 from shared.inspection.verify import check_store
 from shared.store import verify_store
-from stage1_encode.config import load_config
+from stage1_encode.config import ConfigError, load_config
 from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.prompts import encode_prompt_set
@@ -55,6 +55,12 @@ def expected_lengths(assets: Path, captions: list[str]) -> list[int]:
     hf = tokens.load_t5_tokenizer(assets, MAX_LENGTH).hf_tokenizer
     mask = hf(captions, truncation=True, max_length=MAX_LENGTH, padding="max_length")["attention_mask"]
     return [sum(row) for row in mask]
+
+
+def test_text_mode_is_exact_by_default_and_checked():
+    assert load_config(TINY_CONFIG).text.mode == "exact" and load_config(TINY_CONFIG, COMPACT).text.compact
+    with pytest.raises(ConfigError, match="text.mode must be one of exact, compact; got 'short'"):
+        load_config(TINY_CONFIG, [("text.mode", "short")])
 
 
 def test_a_compact_run_stores_t5_length_and_zero_padding_rows(datasets, tiny_assets):
