@@ -77,8 +77,6 @@ KEY, CAPTION, ORIGINAL_SIZE, CROP_BOX = "key", "caption", "original_size", "crop
 PROMPT, TEXT_INDEX, T5_LENGTH = "prompt", "text_index", "t5_length"
 TENSORS = (T5, CLIP, AE_MEAN, AE_LOGVAR)
 """The per-sample tensors, which are all a training step reads of a sample."""
-TEXT_TENSORS = (T5, CLIP)
-"""What an image dataset reads from its text dataset."""
 IMAGE_TENSORS = (AE_MEAN, AE_LOGVAR)
 COMPACT_TEXT = "compact"
 TEXT_MODES = (COMPACT_TEXT,)  # ``Identity.text_mode``; the exact mode has none

@@ -1,6 +1,6 @@
 """A person's window into a dataset: what is there, is it whole, what does it look like.
 
-    python -m shared.inspect_shards DATASET [--verify] [--show N | --key K] [--grid OUT.png] [--json]
+    python -m shared.inspect_shards DATASET [--verify] [--tokens [N]] [--show N | --key K] [--grid OUT.png] [--json]
 
 The summary reads only per-store attributes and Stage 1's heartbeats (seconds for thousands of
 stores) and never vouches for the bytes: ``--verify`` re-reads every array. Exit status: 0 fine,
@@ -27,8 +27,11 @@ if TYPE_CHECKING:  # imported lazily below: they load torch and zarr, which the 
     from shared.inspection.grid import GridResult
     from shared.inspection.samples import Sample
     from shared.inspection.text_half import TextHalf
+    from shared.inspection.token_lengths import TokenLengths
     from shared.inspection.verify import VerifyResult
 
+DEFAULT_TOKEN_SAMPLES = 5000
+"""``--tokens`` without N: captions counted (seconds to tokenize; percentiles within a token or two)."""
 GRID_SAMPLES = 8
 """Samples in a ``--grid`` when neither ``--show`` nor ``--key`` chooses them."""
 
@@ -40,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("dataset", help="dataset directory (holds dataset.json)")
     parser.add_argument("--verify", action="store_true", help="re-read every store: checksums, schema, NaN/Inf, statistics")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for --verify (default: all cores)")
+    parser.add_argument("--tokens", type=int, nargs="?", const=DEFAULT_TOKEN_SAMPLES, metavar="N",
+                        help="T5 tokens per caption (mean, p50, p99, max, truncated) over up to N samples spread over "
+                             f"the dataset (default {DEFAULT_TOKEN_SAMPLES}): the share of T5 rows compact text keeps")
     pick = parser.add_mutually_exclusive_group()
     pick.add_argument("--show", type=int, metavar="N", help="describe N samples spread evenly over the dataset")
     pick.add_argument("--key", action="append", metavar="K", help="describe the sample(s) with key K (repeatable)")
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(args.dataset, stale_after_s=args.stale_after)
         text = _text_half(args.dataset, summary)
         verification = _verify(args, summary) if args.verify else None
+        lengths = _token_lengths(args.dataset, summary, args.tokens) if args.tokens else None
         samples = _samples(args)
         grid = _grid(args, samples) if args.grid else None
     except ContractError as exc:
@@ -72,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         out = _as_json(summary, verification, samples, grid)
-        print(json.dumps(out | ({"text": dataclasses.asdict(text)} if text else {}), indent=2, default=str))
+        out |= {"text": dataclasses.asdict(text)} if text else {}
+        out |= {"tokens": lengths if isinstance(lengths, str) else dataclasses.asdict(lengths)} if lengths else {}
+        print(json.dumps(out, indent=2, default=str))
     else:
-        print(_as_text(summary, verification, samples, grid, text))
+        print(_as_text(summary, verification, samples, grid, text, lengths))
     failed = (verification is not None and not verification.ok) or (args.key is not None and not samples)
     return 1 if failed else 0
 
@@ -100,6 +109,12 @@ def _text_half(dataset: str, summary: Summary) -> TextHalf | None:
     from shared.inspection.text_half import text_half
 
     return text_half(dataset, Identity.from_dict(summary.identity))
+
+
+def _token_lengths(dataset: str, summary: Summary, cap: int) -> TokenLengths | str:
+    from shared.inspection.token_lengths import token_lengths
+
+    return token_lengths(dataset, Identity.from_dict(summary.identity), cap)
 
 
 def _verify(args: argparse.Namespace, summary: Summary) -> VerifyResult:
@@ -131,7 +146,7 @@ def _grid(args: argparse.Namespace, samples: list[Sample]) -> GridResult:
 
 def _as_text(
     summary: Summary, verification: VerifyResult | None, samples: list[Sample], grid: GridResult | None,
-    text: TextHalf | None,
+    text: TextHalf | None, lengths: TokenLengths | str | None,
 ) -> str:
     top = [report.headline(summary)]
     if summary.damaged:
@@ -143,6 +158,8 @@ def _as_text(
     parts = ["\n".join(top), report.render_summary(summary)]
     if text is not None:
         parts.append(report.render_text_half(text))
+    if lengths is not None:
+        parts.append(report.render_token_lengths(lengths))
     if samples:
         parts.append(report.render_samples(samples))
     if grid is not None:

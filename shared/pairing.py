@@ -18,6 +18,7 @@ What ties the two together, and how each tie is checked:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,7 @@ def paired_text_fields(text_identity: Identity) -> dict[str, Any]:
     """The ``Identity`` fields an image dataset takes from its text dataset (its text is that one's)."""
     if not text_identity.stores_text:
         raise PairingError("the text dataset is itself an image dataset (made with --text-from); pair with its text dataset")
-    return {
-        "t5_max_length": text_identity.t5_max_length,
-        "t5_dim": text_identity.t5_dim,
-        "clip_dim": text_identity.clip_dim,
-        "text_dataset": text_identity.digest(),
-    }
+    return {field: getattr(text_identity, field) for field in contract.TEXT_FIELDS} | {"text_dataset": text_identity.digest()}
 
 
 def text_encoder_hashes(text_identity: Identity) -> dict[str, dict[str, str]]:
@@ -175,11 +171,8 @@ def text_encoder_differences(identity: Identity, other: Identity) -> list[str]:
     image fields, storage dtype and the encoders' compute dtype, which a prompt set (conditioning
     for sample images, never trained on) may be made with on another kind of node.
     """
-    differences = [
-        f"{k}: {getattr(identity, k)!r} != {getattr(other, k)!r}"
-        for k in contract.TEXT_FIELDS
-        if getattr(identity, k) != getattr(other, k)
-    ]  # attributes, not to_dict(): it leaves out an exact dataset's text_mode
+    mine, theirs = dataclasses.asdict(identity), dataclasses.asdict(other)  # text_mode too where to_dict omits it
+    differences = [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in contract.TEXT_FIELDS if mine[k] != theirs[k]]
     differences += [
         f"encoders.{k}: {identity.encoders.get(k)!r} != {other.encoders.get(k)!r}"
         for k in contract.TEXT_ENCODERS

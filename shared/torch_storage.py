@@ -8,8 +8,11 @@ import torch
 
 
 def to_storage(tensor: torch.Tensor, storage_dtype: str) -> np.ndarray:
-    """torch tensor -> numpy array as stored (bf16 as its uint16 bit pattern)."""
+    """torch tensor -> numpy array as stored (bf16 as its uint16 bit pattern; integers, as compact text's
+    ``t5_length``, as they are)."""
     t = tensor.detach().to("cpu")
+    if not t.is_floating_point():
+        return t.numpy()
     if storage_dtype == "bfloat16":
         return t.to(torch.bfloat16).contiguous().view(torch.uint16).numpy()
     return t.to(torch.float32).contiguous().numpy()

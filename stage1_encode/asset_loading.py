@@ -26,11 +26,12 @@ from torch import nn
 from shared.ae import AE_FILE, AssetsError, safetensors_shapes
 from shared.atomic import atomic_write
 from shared.contract import CLIP_TOKENS
+from shared.tokens import T5_TOKENIZER_DIR, FixedLengthTokenizer, load_t5_tokenizer
 
 log = logging.getLogger(__name__)
 
 CLIP_DIR, CLIP_TOKENIZER_DIR = "text_encoder", "tokenizer"
-T5_DIR, T5_TOKENIZER_DIR = "text_encoder_2", "tokenizer_2"
+T5_DIR = "text_encoder_2"
 ENCODER_DIRS = {"t5": T5_DIR, "clip": CLIP_DIR, "t5_tokenizer": T5_TOKENIZER_DIR, "clip_tokenizer": CLIP_TOKENIZER_DIR}
 """Folders whose every (non-hidden) file is part of an encoder's identity; ``ae`` is ``AE_FILE`` alone."""
 TOKENIZER_FILES = {
@@ -165,36 +166,15 @@ def _load_text_encoder(path: Path, cls: type, output_key: str, device, dtype) ->
 # --------------------------------------------------------------------------- tokenizers
 
 
-class FixedLengthTokenizer:
-    """Pads and truncates to a fixed length exactly as TorchTitan's ``FluxTokenizer.encode`` does."""
-
-    def __init__(self, hf_tokenizer, max_length: int):
-        self.hf_tokenizer = hf_tokenizer
-        self.max_length = max_length
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """``texts`` -> LongTensor [len(texts), max_length]."""
-        return self.hf_tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            return_length=False,
-            return_overflowing_tokens=False,
-            padding="max_length",
-            return_tensors="pt",
-        )["input_ids"]
-
-
 def load_tokenizers(
     assets_dir: str | os.PathLike, t5_max_length: int
 ) -> tuple[FixedLengthTokenizer, FixedLengthTokenizer]:
     """(T5 tokenizer padded to ``t5_max_length``, CLIP tokenizer padded to 77), FluxTokenizer's classes and args."""
-    from transformers import CLIPTokenizer, T5Tokenizer
+    from transformers import CLIPTokenizer
 
-    root = Path(assets_dir)
-    t5 = T5Tokenizer.from_pretrained(str(root / T5_TOKENIZER_DIR), max_length=t5_max_length, local_files_only=True)
-    clip = CLIPTokenizer.from_pretrained(str(root / CLIP_TOKENIZER_DIR), max_length=CLIP_TOKENS, local_files_only=True)
-    return FixedLengthTokenizer(t5, t5_max_length), FixedLengthTokenizer(clip, CLIP_TOKENS)
+    clip_dir = str(Path(assets_dir) / CLIP_TOKENIZER_DIR)
+    clip = CLIPTokenizer.from_pretrained(clip_dir, max_length=CLIP_TOKENS, local_files_only=True)
+    return load_t5_tokenizer(assets_dir, t5_max_length), FixedLengthTokenizer(clip, CLIP_TOKENS)
 
 
 # --------------------------------------------------------------------------- helpers

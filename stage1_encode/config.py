@@ -41,13 +41,24 @@ class ImageConfig:
         _require(self.max_pixels >= self.size * self.size, "image.max_pixels must be at least image.size squared")
 
 
+TEXT_MODES = ("exact", contract.COMPACT_TEXT)
+
+
 @dataclass(frozen=True)
 class TextConfig:
     t5_max_length: int = 256
     """T5 tokens per caption (padded/truncated as TorchTitan's FluxTokenizer; 256 for schnell)."""
+    mode: str = "exact"
+    """``exact``: T5 over all padded tokens, no mask (TorchTitan's math); ``compact``: T5 masked to each
+    caption's real tokens, the padding rows stored as zeros (``shared.contract``, compact text)."""
 
     def validate(self) -> None:
         _require(self.t5_max_length > 0, "text.t5_max_length must be positive")
+        _choice("text.mode", self.mode, TEXT_MODES)
+
+    @property
+    def compact(self) -> bool:
+        return self.mode == contract.COMPACT_TEXT
 
 
 @dataclass(frozen=True)

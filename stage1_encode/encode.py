@@ -23,9 +23,10 @@ from torch import nn
 
 from shared import contract
 from shared.ae import autoencoder_params, load_autoencoder
+from shared.tokens import real_lengths
 from stage1_encode import asset_loading
 from stage1_encode.config import BatchConfig
-from stage1_encode.t5_fused import FusedT5Encoder
+from stage1_encode.t5_fused import CompactT5, FusedT5Encoder
 
 
 @dataclass
@@ -35,8 +36,8 @@ class Encoders:
 
     t5: nn.Module | None
     """int tokens [B, L] -> ``last_hidden_state`` [B, L, D] (no attention mask, as TorchTitan; HF's weights in
-    ``FusedT5Encoder``); ``None``
-    when the text comes from another dataset (``--text-from``)."""
+    ``FusedT5Encoder``, which ``BatchEncoder`` masks for compact text); ``None`` when the text comes from
+    another dataset (``--text-from``)."""
     clip: nn.Module | None
     """int tokens [B, 77] -> ``pooler_output`` [B, D]; ``None`` with ``t5``."""
     ae_encoder: nn.Module
@@ -66,12 +67,16 @@ def load_encoders(assets: str | os.PathLike, device: torch.device, dtype: torch.
 class BatchEncoder:
     """Encodes batches of samples, each encoder in its own micro-batches (``BatchConfig``)."""
 
-    def __init__(self, encoders: Encoders, batch: BatchConfig, compile: bool, channels_last: bool) -> None:
+    def __init__(
+        self, encoders: Encoders, batch: BatchConfig, compile: bool, channels_last: bool, compact_text: bool = False
+    ) -> None:
         self.encoders = encoders
         self.batch = batch
+        self.compact_text = compact_text
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         ae_encoder = encoders.ae_encoder.to(memory_format=self._memory_format)
-        eager = {"t5": encoders.t5, "clip": encoders.clip, "ae": ae_encoder}
+        t5 = CompactT5(encoders.t5) if compact_text and encoders.t5 is not None else encoders.t5
+        eager = {"t5": t5, "clip": encoders.clip, "ae": ae_encoder}
         self._modules = {
             name: _Module(m, torch.compile(m, dynamic=False) if compile else None) for name, m in eager.items() if m is not None
         }
@@ -79,10 +84,12 @@ class BatchEncoder:
 
     @torch.inference_mode()
     def encode_text(self, t5_tokens: np.ndarray | torch.Tensor, clip_tokens: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """``t5`` [n, L, D] and ``clip`` [n, D] for n <= batch.size captions' tokens."""
+        """``t5`` [n, L, D] and ``clip`` [n, D] for n <= batch.size captions' tokens; compact text adds
+        ``t5_length`` [n] int32, counted where the ids are (on the host for host ids: no GPU sync)."""
         t5 = self._micro("t5", self._to_device("t5_tokens", t5_tokens), self.batch.t5)
         clip = self._micro("clip", self._to_device("clip_tokens", clip_tokens), self.batch.clip)
-        return {contract.T5: t5, contract.CLIP: clip}
+        lengths = {contract.T5_LENGTH: real_lengths(torch.as_tensor(t5_tokens))} if self.compact_text else {}
+        return {contract.T5: t5, contract.CLIP: clip, **lengths}
 
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:

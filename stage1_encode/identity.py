@@ -50,7 +50,13 @@ def build_identity(
         encoders=hashes,
         preprocessing=preprocessing(config, compute),
         code_version=CODE_VERSION,
+        text_mode=text_mode(config),
     )
+
+
+def text_mode(config: EncodeConfig) -> str | None:
+    """``Identity.text_mode`` of this config: ``"compact"``, or ``None`` for the exact mode."""
+    return contract.COMPACT_TEXT if config.text.compact else None
 
 
 def preprocessing(config: EncodeConfig, compute: dict[str, object]) -> dict[str, object]:
@@ -66,6 +72,7 @@ def same_settings(config: EncodeConfig, compute: dict[str, object], identity: Id
         and identity.storage_dtype == config.storage.dtype
         and identity.preprocessing == preprocessing(config, compute)
         and (not identity.stores_text or identity.t5_max_length == config.text.t5_max_length)
+        and identity.text_mode == text_mode(config)
     )
 
 

@@ -27,7 +27,7 @@ from stage1_encode.config import EncodeConfig
 from stage1_encode.dataset_setup import identity_and_empty_prompt, resolve_compute, write_empty_prompt
 from stage1_encode.encode import BatchEncoder, Encoders, load_encoders
 from stage1_encode.errors import Stage1Error
-from stage1_encode.identity import compute_record, image_policy, paired_identity, register_dataset, same_settings
+from stage1_encode.identity import compute_record, image_policy, paired_identity, register_dataset, same_settings, text_mode
 from stage1_encode.prepare import Workers
 from stage1_encode.progress import Progress, TaskResult
 from stage1_encode.scheduler import encode_tars, nothing_to_encode
@@ -63,7 +63,7 @@ def run_task(
     check_output(task.output)
     asset_loading.check_assets(task.assets)
     tars = sources.task_tars(sources.list_tars(task.input), task.task_index, task.num_tasks)
-    text = open_text_dataset(task.text_from, tars, config.storage.dtype) if task.text_from else None
+    text = open_text_dataset(task.text_from, tars, config.storage.dtype, text_mode(config)) if task.text_from else None
     task_of = (task.task_index, task.num_tasks)
     progress = Progress(
         task.output, *task_of, {contract.store_name(t.name): t.size for t in tars}, config.run.progress_interval_s, out
@@ -86,7 +86,7 @@ def run_task(
             encoders = (encoders_factory or functools.partial(default_factory, task.assets))(device, dtype)
             workers.wait_ready()  # they started while the encoders loaded
             channels_last = config.encoders.ae_channels_last and device.type == "cuda"
-            encoder = BatchEncoder(encoders, config.batch, compile_, channels_last)
+            encoder = BatchEncoder(encoders, config.batch, compile_, channels_last, config.text.compact)
             if text:  # the empty prompt, like every text encoding, is the text dataset's
                 identity = paired_identity(config, encoders, text, compute_record(dtype, compile_))
                 register_dataset(task.output, task.assets, identity, pairing.location_record(task.output, text.root))

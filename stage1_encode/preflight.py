@@ -31,6 +31,7 @@ from stage1_encode import asset_loading
 from stage1_encode.asset_loading import AssetsError, asset_hashes, cached_asset_hashes
 from stage1_encode.config import ConfigError, EncodeConfig, load_config, parse_overrides
 from stage1_encode.errors import Stage1Error
+from stage1_encode.identity import text_mode
 from stage1_encode.sources import SourcesError, TarSource, list_tars
 from stage1_encode.text_from import open_text_dataset
 
@@ -87,7 +88,7 @@ def encode_rows(
     hashes_row, hashes = assets_row(assets, rehash)
     rows += [tars_row, hashes_row]
     if text_from is not None:
-        rows.append(text_from_row(text_from, tars, config.storage.dtype))
+        rows.append(text_from_row(text_from, tars, config.storage.dtype, text_mode(config)))
     if hashes and (output / contract.DATASET_FILE).is_file():
         rows.append(dataset_encoders_row(output, hashes))
     rows += [
@@ -123,10 +124,11 @@ def assets_row(assets: Path, rehash: bool) -> tuple[Row, Hashes | None]:
     return Row("assets", OK, f"{assets} complete, SHA-256 cached ({prints})"), hashes
 
 
-def text_from_row(text_from: Path, tars: list[TarSource], storage_dtype: str) -> Row:
-    """``--text-from``: a text dataset, stored as this config stores, holding a store for every input tar."""
+def text_from_row(text_from: Path, tars: list[TarSource], storage_dtype: str, text_mode: str | None) -> Row:
+    """``--text-from``: a text dataset, stored as this config stores and in its text mode, holding a store
+    for every input tar."""
     try:
-        text = open_text_dataset(text_from, tars, storage_dtype)
+        text = open_text_dataset(text_from, tars, storage_dtype, text_mode)
     except Stage1Error as e:
         return Row("text dataset", FAIL, str(e))
     return Row("text dataset", OK, f"{text.root}: identity {text.identity.digest()}, a store for each of {len(tars):,} tars")

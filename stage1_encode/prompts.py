@@ -58,7 +58,7 @@ def encode_prompt_set(config: EncodeConfig, prompts_file: Path, output: Path, as
     asset_loading.check_assets(assets)
     device, dtype, compile_ = resolve_compute(config)
     encoders = load_encoders(assets, device, dtype)
-    encoder = BatchEncoder(encoders, config.batch, compile_, channels_last=False)
+    encoder = BatchEncoder(encoders, config.batch, compile_, channels_last=False, compact_text=config.text.compact)
     tokenizers = asset_loading.load_tokenizers(assets, config.text.t5_max_length)
     identity, empty = identity_and_empty_prompt(config, encoders, encoder, tokenizers, dtype, compile_)
     register_dataset(output, assets, identity)  # refuses a set made otherwise

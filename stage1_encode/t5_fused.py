@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from shared.tokens import real_lengths
+
 FUSED_ATTENTION = [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
@@ -44,13 +46,33 @@ class FusedT5Encoder(nn.Module):
     def dim(self) -> int:
         return self.embed_tokens.embedding_dim
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths`` [B] (compact text): each row's keys from its length on are masked as HF's
+        ``attention_mask`` masks them (``finfo.min`` added to the bias), and its output rows from there
+        are zero. Without, the exact mode: every position attends to all (TorchTitan's call)."""
         hidden = self.embed_tokens(tokens)
         length = tokens.shape[1]
         bias = self.position_bias.compute_bias(length, length, device=hidden.device).to(hidden.dtype).contiguous()
+        real = None
+        if lengths is not None:
+            real = torch.arange(length, device=hidden.device) < lengths[:, None]
+            bias = bias + (~real).to(hidden.dtype)[:, None, None, :] * torch.finfo(hidden.dtype).min
         for layer in self.layers:
             hidden = layer(hidden, bias)
-        return self.final_layer_norm(hidden)
+        hidden = self.final_layer_norm(hidden)
+        return hidden if real is None else hidden.masked_fill(~real[..., None], 0)
+
+
+class CompactT5(nn.Module):
+    """Compact text: a ``FusedT5Encoder`` over each caption's real tokens only (``shared.tokens.real_lengths``
+    of the padded ids, so one fixed-shape input compiles once), padding rows zero."""
+
+    def __init__(self, t5: FusedT5Encoder) -> None:
+        super().__init__()
+        self.t5 = t5
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.t5(tokens, real_lengths(tokens))
 
 
 class _FusedBlock(nn.Module):

@@ -27,8 +27,9 @@ from stage1_encode.skips import Skip, SkipReason
 from stage1_encode.sources import TarSource
 
 
-def open_text_dataset(text_from: Path, tars: list[TarSource], storage_dtype: str) -> TextDataset:
-    """TEXT, checked before anything loads: a text dataset, stored as we store, holding every tar's store."""
+def open_text_dataset(text_from: Path, tars: list[TarSource], storage_dtype: str, text_mode: str | None) -> TextDataset:
+    """TEXT, checked before anything loads: a text dataset, stored as we store and in this config's text
+    mode, holding every tar's store."""
     try:
         text = TextDataset.open(text_from)
     except (OSError, contract.ContractError) as exc:
@@ -37,6 +38,11 @@ def open_text_dataset(text_from: Path, tars: list[TarSource], storage_dtype: str
         raise Stage1Error(
             f"--text-from {text_from} stores {text.identity.storage_dtype}, this config {storage_dtype}; "
             f"set --storage.dtype {text.identity.storage_dtype}"
+        )
+    if text.identity.text_mode != text_mode:
+        mode = text.identity.text_mode or "exact"
+        raise Stage1Error(
+            f"--text-from {text_from} holds {mode} text, this config {text_mode or 'exact'}; set --text.mode {mode}"
         )
     missing = [t.name for t in tars if not text.store_path(contract.store_name(t.name)).is_dir()]
     if missing:

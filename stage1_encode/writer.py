@@ -145,15 +145,17 @@ class WriterProcess:
 
     def append(self, tensors: dict[str, torch.Tensor], meta: dict[str, np.ndarray]) -> None:
         """Start copying a batch's tensors (on any device) into a free buffer; the batch is handed over,
-        with its metadata, once the copy has finished (``hand_over_copied`` or the next call)."""
+        with its metadata, once the copy has finished (``hand_over_copied`` or the next call). Small
+        host tensors the buffers do not hold (compact text's ``t5_length``) go with the metadata."""
         self._release(wait=True)
         while not self._free:
             self._receive()
         index = self._free.pop()
         views = self._buffers[index].views
         n = len(next(iter(meta.values())))
-        for name, tensor in tensors.items():
-            torch_storage.from_storage(views[name][:n], self._storage_dtype).copy_(tensor, non_blocking=True)
+        meta = meta | {name: torch_storage.to_storage(t, self._storage_dtype) for name, t in tensors.items() if name not in views}
+        for name in views.keys() & tensors.keys():
+            torch_storage.from_storage(views[name][:n], self._storage_dtype).copy_(tensors[name], non_blocking=True)
         self._held = [Append(index, n, meta)]
         if any(t.is_cuda for t in tensors.values()):
             self._copied = torch.cuda.Event()

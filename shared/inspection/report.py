@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # importing these would load torch and zarr, which a summary 
     from shared.inspection.grid import GridResult
     from shared.inspection.samples import Sample
     from shared.inspection.text_half import TextHalf
+    from shared.inspection.token_lengths import TokenLengths
     from shared.inspection.verify import VerifyResult
 
 LABEL = 16
@@ -183,6 +184,20 @@ def render_text_half(t: TextHalf) -> str:
     return "\n".join(rows)
 
 
+def render_token_lengths(t: TokenLengths | str) -> str:
+    """T5 tokens per caption, and the share of the stored T5 rows they are (what compact text keeps)."""
+    if isinstance(t, str):
+        return t
+    counted = f"all {count(t.samples)} samples" if t.samples == t.of_samples else (
+        f"{count(t.samples)} of {count(t.of_samples)} samples, spread evenly")
+    return "\n".join([
+        _row("T5 tokens", f"per caption ({t.source}, {counted}): mean {t.mean:.1f} · p50 {t.p50:g} · p99 {t.p99:g} · "
+                          f"max {t.max} · {count(t.truncated)} at the {t.max_length} limit (truncated)"),
+        _row("  real rows", f"{t.real_fraction:.1%} of the {t.max_length} stored T5 rows per sample are real tokens "
+                            f"(compact text keeps those; exact stores all)"),
+    ])
+
+
 def _identity(s: Summary) -> str:
     i = Identity.from_dict(s.identity)
     ae = i.ae_params
@@ -190,7 +205,7 @@ def _identity(s: Summary) -> str:
     rows = [
         _row("Identity", f"{s.identity_digest} · schema {i.schema_version} · code {i.code_version}"),
         _row("  shapes", f"T5 {i.t5_max_length}×{i.t5_dim} · CLIP {i.clip_dim} · image {i.image_size} px"
-             f" → latent {latent} · stored as {i.storage_dtype}"),
+             f" → latent {latent} · stored as {i.storage_dtype} · text {i.text_mode or 'exact'}"),
         _row("  AE", f"ch {ae['ch']} · ch_mult {ae['ch_mult']} · res blocks {ae['num_res_blocks']} · "
              f"z {i.latent_channels} · scale {i.ae_scale_factor} · shift {i.ae_shift_factor}"),
     ]

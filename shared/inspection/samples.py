@@ -58,8 +58,8 @@ def spread(dataset: str | os.PathLike, n: int) -> list[Location]:
     ends = np.cumsum([attrs[name].num_samples for name in names]).tolist()
     total = ends[-1] if ends else 0
     root = contract.shards_dir(dataset)
-    locations = []
-    for position in sorted({i * total // n for i in range(min(n, total))}):
+    locations, n = [], min(n, total)
+    for position in sorted({i * total // n for i in range(n)}):
         store = bisect.bisect_right(ends, position)
         start = ends[store - 1] if store else 0
         locations.append((root / names[store], position - start))

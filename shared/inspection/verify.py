@@ -1,4 +1,5 @@
-"""Re-read every store: checksums, schema, NaN/Inf, and value statistics against the dataset's.
+"""Re-read every store: checksums, schema, NaN/Inf, compact text's padding (``padding``), and value
+statistics against the dataset's.
 
 Checksums prove a store holds what its writer wrote; they cannot tell that the writer wrote zeros
 or garbage. So each store's mean and standard deviation of every tensor array is compared with the
@@ -22,6 +23,7 @@ import torch
 
 from shared import contract, torch_storage
 from shared.contract import Identity
+from shared.inspection.padding import PaddingCheck
 from shared.inspection.text_half import pairing_findings
 from shared.progress import Finding, Summary, summarise
 from shared.store import verify_store
@@ -118,12 +120,15 @@ def check_store(path: str | os.PathLike, identity: Identity) -> StoreCheck:
     moments = {name: Moments() for name, spec in specs.items() if spec.is_tensor}
     rows = {name: 0 for name in specs}
 
+    padding = PaddingCheck(identity)
+
     def on_block(name: str, block: np.ndarray) -> None:
         rows[name] += len(block)
+        padding.add(name, block)
         if name in moments:
             moments[name].add(torch_storage.from_storage(block, identity.storage_dtype))
 
-    problems = verify_store(path, identity, specs, on_block=on_block)
+    problems = verify_store(path, identity, specs, on_block=on_block) + padding.problems()
     stats = {name: (m.mean, m.std) for name, m in moments.items() if m.n}
     return StoreCheck(Path(path).name, max(rows.values()), problems, stats)
 
@@ -190,4 +195,6 @@ def _empty_prompt_findings(dataset: Path, identity: Identity) -> list[Finding]:
     path = dataset / contract.EMPTY_PROMPT_STORE
     if not path.is_dir():
         return [Finding(contract.EMPTY_PROMPT_STORE, "missing")]
-    return [Finding(path.name, p) for p in verify_store(path, identity, contract.empty_prompt_specs(identity))]
+    padding = PaddingCheck(identity)
+    problems = verify_store(path, identity, contract.empty_prompt_specs(identity), on_block=padding.add)
+    return [Finding(path.name, p) for p in problems + padding.problems()]
