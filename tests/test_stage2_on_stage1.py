@@ -17,11 +17,12 @@ import pytest
 import torch
 from fidelity import CORRUPTIONS, comparable_samples, compare_step
 from test_stage1_pipeline import TINY_CONFIG as ENCODE_TINY_CONFIG
-from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, TORCHRUN, torchrun_env
+from test_stage2_helpers import REPO_ROOT, TINY_CONFIG, TORCHRUN, run_stage2, torchrun_env
 
 from fixtures import write_sample_tars
 from stage1_encode.config import load_config
 from stage1_encode.pipeline import Task, run_task
+from stage2_train.data.ledger import read_ledger
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -95,6 +96,19 @@ def test_one_step_equals_torchtitans_online_step_at_world_size_2(stage1, tiny_as
     assert all(r["global_valid_tokens"] == [2 * BATCH] for r in ranks), ranks  # counted over both ranks
     assert all(r["loss_equal"] and r["grads_equal"] and r["params_equal"] for r in ranks), ranks
     assert any(any(r["t5_dropped"]) for r in ranks) and not all(all(r["t5_dropped"]) for r in ranks), ranks
+
+
+def test_a_compact_stage1_dataset_trains_in_stage2(tiny_assets, tmp_path):
+    """Compact text end to end: Stage 1's masked T5 (tiny real encoders) stores lengths, and Stage 2,
+    started by torchrun on 2 ranks, trains on it in the compact mode (its log line) to finite losses."""
+    write_sample_tars(tmp_path / "tars", shards=1, per_shard=16, seed=0)
+    run_task(load_config(ENCODE_TINY_CONFIG, [("text.mode", "compact")]), Task(str(tmp_path / "tars"), tmp_path / "ds", tiny_assets))
+    dump = tmp_path / "run"
+    result = run_stage2(2, tmp_path / "ds", dump, "--training.steps", "3", "--training.local_batch_size", "2", "--stage2.sample_ledger")
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "compact text: T5 cut per batch to multiples of 64" in result.stdout + result.stderr
+    ledger = read_ledger(dump / "ledger" / "rank_0.jsonl")
+    assert sorted(ledger) == [1, 2, 3] and all(math.isfinite(entry["loss"]) for entry in ledger.values()), ledger
 
 
 @pytest.mark.parametrize(("nproc", "shard", "wandb"), [(1, 1, True), (2, 2, False)])
