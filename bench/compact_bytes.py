@@ -40,7 +40,8 @@ def stored_bytes_per_sample(work: Path, identity: Identity, samples: int, length
     """Write one store of ``samples`` samples (compact: every caption ``length`` tokens) and divide its
     bytes on disk (arrays, shard indexes, metadata) by the samples."""
     specs = contract.array_specs(identity)
-    batch = random_batch(identity, specs, samples, "k", 0, torch.Generator().manual_seed(0))
+    exact = dataclasses.replace(identity, text_mode=None)  # every T5 row random; the length is set below
+    batch = random_batch(exact, contract.array_specs(exact), samples, "k", 0, torch.Generator().manual_seed(0))
     if length is not None:
         batch[contract.T5][:, length:] = 0
         batch[contract.T5_LENGTH] = np.full(samples, length, dtype=np.int32)
