@@ -15,6 +15,7 @@ import zarr
 
 from fixtures import write_sample_tars
 from shared import contract, tokens
+from shared.contract import ContractError
 from shared.inspect_shards import main as inspect_main
 from shared.inspection.verify import check_store
 from shared.store import verify_store
@@ -22,6 +23,7 @@ from stage1_encode.config import ConfigError, load_config
 from stage1_encode.errors import Stage1Error
 from stage1_encode.pipeline import Task, run_task
 from stage1_encode.prompts import encode_prompt_set
+from stage2_train.validation.prompt_set import load_prompt_set
 
 pytest_plugins = ["fixtures_assets"]
 
@@ -123,13 +125,16 @@ def _inspect(dataset: Path, *args: str) -> str:
     return out.getvalue()
 
 
-def test_a_compact_prompt_set_stores_lengths(tiny_assets, tmp_path):
+def test_a_compact_prompt_set_stores_lengths_and_is_refused_beside_an_exact_dataset(datasets, tiny_assets, tmp_path):
     prompts = ["a red cube", "", "a photo of " + "very " * 300 + "long prompt"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts))
     config = load_config(TINY_CONFIG, [("text.t5_max_length", str(MAX_LENGTH)), *COMPACT])
     assert encode_prompt_set(config, tmp_path / "prompts.txt", tmp_path / "set", tiny_assets)
     lengths = stored(tmp_path / "set" / contract.PROMPTS_STORE, contract.T5_LENGTH)
     assert lengths.tolist() == expected_lengths(tiny_assets, [p for p in prompts if p])
+    assert load_prompt_set(tmp_path / "set", contract.read_identity(datasets["compact"]), -1).t5_length.tolist() == lengths.tolist()
+    with pytest.raises(ContractError, match="other text encoders than the training dataset .*\n  text_mode: 'compact' != None"):
+        load_prompt_set(tmp_path / "set", contract.read_identity(datasets["exact"]), -1)
 
 
 # --------------------------------------------------------------------------- verify and inspect
