@@ -48,9 +48,11 @@ def context(device: str | None = None) -> dict[str, Any]:
 
 
 def emit(
-    benchmark: str, figure: str, value: float | int | str | None, unit: str, out: TextIO = sys.stdout, device: str | None = None, **extra: Any
+    benchmark: str, figure: str, value: float | int | str | None, unit: str, out: TextIO | None = None, device: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """Print one figure as one JSON line (flushed, so a killed run keeps what it measured)."""
+    """Print one figure as one JSON line (flushed, so a killed run keeps what it measured) to ``out``, else
+    to the ``sys.stdout`` of the moment (not the one at import: a test's captured stream would be stale)."""
+    out = out or sys.stdout
     record = {"benchmark": benchmark, "figure": figure, "value": value, "unit": unit, **extra, **context(device)}
     out.write(json.dumps(record) + "\n")
     out.flush()
